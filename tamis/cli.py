@@ -1,0 +1,167 @@
+"""The ``tamis`` command line.
+
+Exit codes: 0 done, 2 bad input or usage (one line on stderr, no traceback), 1 internal
+error (one line; ``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ._version import __version__
+from .errors import ConfigError, TamisError
+
+EXAMPLES = """\
+examples:
+  tamis demo                                   scan the bundled demo data into ./tamis-demo
+  tamis scan embeddings.npz --out report/      scan an .npz store
+  tamis scan shards/ --embedding-col clip_emb --label-col class
+  tamis scan store.parquet --device gpu --checks invalid,class_imbalance
+  tamis scan store.npz --param class_imbalance.min_fraction=0.1
+  tamis checks                                 list the checks and what they need
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tamis", description="Find what is wrong with an ML dataset stored as embeddings: "
+                     "invalid rows, class imbalance and more, on GPU or CPU.",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tamis {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    scan = sub.add_parser("scan", help="scan an embedding store and write a report", epilog=EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    scan.add_argument("store", metavar="STORE", help=".npz, .npy, .parquet (or a folder of shards), "
+                      ".arrow/.feather")
+    scan.add_argument("--out", default="tamis-report", metavar="DIR", help="report folder (default: %(default)s)")
+    _run_options(scan)
+    cols = scan.add_argument_group("columns (default: detected from the usual names)")
+    for name, what in (("embedding", "embedding vectors"), ("label", "class labels"), ("path", "image paths"),
+                       ("split", "train/val/test split"), ("id", "sample ids"),
+                       ("pred-probs", "model's predicted class probabilities")):
+        cols.add_argument(f"--{name}-col", metavar="NAME", help=f"column with the {what}")
+
+    demo = sub.add_parser("demo", help="write the bundled demo store and scan it")
+    demo.add_argument("--out", default="tamis-demo", metavar="DIR", help="report folder (default: %(default)s)")
+    _run_options(demo)
+
+    sub.add_parser("checks", help="list the checks and the inputs each needs")
+    return parser
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where to compute (default: %(default)s: the GPU when one is usable)")
+    p.add_argument("--checks", metavar="A,B,C", help="run only these checks (default: all that apply)")
+    p.add_argument("--param", action="append", default=[], metavar="CHECK.NAME=VALUE",
+                   help="set a check parameter; repeatable")
+    p.add_argument("--precision", choices=("float32", "float16"), default="float32",
+                   help="storage of the normalised matrix (float16 halves memory)")
+    p.add_argument("--no-projection", action="store_true", help="skip the 2-D projection (none is built yet)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    p.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, dict]:
+    from .engine.params import coerce
+
+    params: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        check, dot, name = key.partition(".")
+        if not sep or not dot or not check or not name:
+            raise ConfigError(f"--param {item!r} is not CHECK.NAME=VALUE, e.g. class_imbalance.min_fraction=0.1")
+        params.setdefault(check.strip(), {})[name.strip()] = coerce(value)
+    return params
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    debug = getattr(args, "debug", False)
+    level = logging.WARNING if getattr(args, "quiet", False) else \
+        logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, format="tamis: %(message)s", stream=sys.stderr)
+    try:
+        return _dispatch(args)
+    except TamisError as exc:
+        print(f"tamis: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tamis: interrupted; no report was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place internal errors are turned into exit code 1
+        if debug:
+            raise
+        print(f"tamis: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "checks":
+        from .engine.checks import REGISTRY
+
+        for name, cls in REGISTRY.items():
+            print(f"{name:<20} needs {', '.join(cls.requires) or 'nothing'}: {cls.description}")
+        return 0
+    from .engine.pipeline import scan
+
+    params = _parse_params(args.param)
+    if args.command == "demo":
+        from .demo import write_demo_store
+
+        out = Path(args.out)
+        store = out / "demo-store.npz"
+        write_demo_store(store)
+        source, columns = str(store), None
+    else:
+        source = args.store
+        columns = {"embedding": args.embedding_col, "label": args.label_col, "path": args.path_col,
+                   "split": args.split_col, "id": args.id_col, "pred_probs": args.pred_probs_col}
+    report = scan(source, checks=args.checks, params=params, device=args.device, precision=args.precision,
+                  columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out)
+    if not args.quiet:
+        _print_summary(report, Path(args.out))
+    return 0
+
+
+def _print_summary(report, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = report.summary
+    n = s["store"]["n_rows"]
+    table = Table(title=f"tamis {s['tamis_version']}: {n:,} rows from {s['store']['source']}", title_justify="left")
+    table.add_column("issue type")
+    table.add_column("flagged", justify="right")
+    table.add_column("% of rows", justify="right")
+    for name, count in s["issues"].items():
+        table.add_row(name, f"{count:,}", f"{100 * count / max(n, 1):.2f}")
+    for skipped in s["checks_skipped"]:
+        table.add_row(f"[dim]{skipped['check']}[/dim]", "[dim]skipped[/dim]", f"[dim]{skipped['reason']}[/dim]")
+    console = Console(soft_wrap=True)
+    console.print(table)
+    device = s["device"]
+    console.print(f"excluded: {s['n_excluded']:,} rows (exclude.txt)   device: {device['backend']} "
+                  f"({device['name']})   time: {s['timings']['total']:.2f} s")
+    console.print(f"report: {out.resolve()}", markup=False, highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""The bundled demo: scikit-learn's handwritten digits with planted problems.
+
+The 1,797 8x8 digit images ship inside scikit-learn (no download); their 64 pixel values
+serve as embeddings. :func:`make_demo_store` plants, deterministically, every kind of
+problem tamis looks for, so the first scan shows each check at work, and returns the
+truth beside the store so tests can hold the checks to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: the class made rare on purpose (kept rows)
+RARE_CLASS, RARE_KEEP = 7, 12
+
+
+def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    """Columns (``embeddings``, ``labels``, ``image_paths``, ``split``, ``ids``) and the planted truth."""
+    from sklearn.datasets import load_digits
+
+    rng = np.random.default_rng(seed)
+    digits = load_digits()
+    emb = digits.data.astype(np.float32) / 16.0
+    labels = digits.target.astype(np.int64)
+
+    # a rare class: keep only a few sevens
+    sevens = np.flatnonzero(labels == RARE_CLASS)
+    keep = np.ones(len(labels), dtype=bool)
+    keep[sevens[RARE_KEEP:]] = False
+    emb, labels = emb[keep], labels[keep]
+    n = len(labels)
+    split = np.where(rng.random(n) < 0.8, "train", "test").astype("<U5")
+
+    truth: dict[str, list] = {k: [] for k in ("exact_duplicate", "near_duplicate", "conflicting_labels",
+                                              "leakage", "label_error", "outlier", "invalid")}
+    rows_e, rows_l, rows_s = [emb], [labels], [split]
+    used = set()
+
+    def pick(count: int, where: np.ndarray) -> np.ndarray:
+        pool = np.setdiff1d(np.flatnonzero(where), np.fromiter(used, dtype=np.int64, count=len(used)))
+        chosen = rng.choice(pool, size=count, replace=False)
+        used.update(chosen.tolist())
+        return np.sort(chosen)
+
+    next_row = n
+
+    def add(e: np.ndarray, lab: np.ndarray, spl: np.ndarray) -> np.ndarray:
+        nonlocal next_row
+        rows_e.append(e.astype(np.float32))
+        rows_l.append(lab.astype(np.int64))
+        rows_s.append(spl.astype("<U5"))
+        new = np.arange(next_row, next_row + len(e))
+        next_row += len(e)
+        return new
+
+    train = split == "train"
+    src = pick(6, train)                                   # exact copies
+    for a, b in zip(src, add(emb[src], labels[src], split[src])):
+        truth["exact_duplicate"].append([int(a), int(b)])
+    src = pick(6, train)                                   # near copies: a little pixel noise
+    noisy = emb[src] + rng.normal(0, 0.01, emb[src].shape)
+    for a, b in zip(src, add(np.clip(noisy, 0, 1), labels[src], split[src])):
+        truth["near_duplicate"].append([int(a), int(b)])
+    src = pick(4, train)                                   # near copies that carry another label
+    other = (labels[src] + 1 + rng.integers(0, 8, len(src))) % 10
+    noisy = emb[src] + rng.normal(0, 0.01, emb[src].shape)
+    for a, b in zip(src, add(np.clip(noisy, 0, 1), other, split[src])):
+        truth["conflicting_labels"].append([int(a), int(b)])
+    src = pick(5, train)                                   # train images copied into the test split
+    noisy = emb[src] + rng.normal(0, 0.01, emb[src].shape)
+    for a, b in zip(src, add(np.clip(noisy, 0, 1), labels[src], np.full(len(src), "test"))):
+        truth["leakage"].append([int(a), int(b)])
+    junk = rng.random((4, emb.shape[1])).astype(np.float32)    # scraped junk: uniform noise images
+    truth["outlier"] = add(junk, rng.integers(0, 10, 4), np.full(4, "train")).tolist()
+    broken = np.zeros((3, emb.shape[1]), dtype=np.float32)    # failed embedding jobs
+    broken[0, 5] = np.nan
+    broken[1, :] = np.inf
+    truth["invalid"] = add(broken, np.array([1, 2, 3]), np.full(3, "train")).tolist()
+
+    emb = np.concatenate(rows_e)
+    labels = np.concatenate(rows_l)
+    split = np.concatenate(rows_s)
+    flips = pick(15, (np.arange(len(labels)) < n) & (labels != RARE_CLASS))  # label noise
+    labels = labels.copy()
+    labels[flips] = (labels[flips] + 1 + rng.integers(0, 9, len(flips))) % 10
+    labels[flips] = np.where(labels[flips] == RARE_CLASS, (RARE_CLASS + 1) % 10, labels[flips])
+    truth["label_error"] = flips.tolist()
+    truth["rare_class"] = [RARE_CLASS]
+
+    paths = np.array([f"digits/{i:05d}.png" for i in range(len(labels))])
+    ids = np.array([f"digit-{i:05d}" for i in range(len(labels))])
+    return {"embeddings": emb, "labels": labels, "image_paths": paths, "split": split, "ids": ids}, truth
+
+
+def write_demo_store(path) -> dict[str, list]:
+    """Write the demo store as an .npz at ``path`` (atomically); return the truth."""
+    from .engine.atomic import atomic_path
+
+    columns, truth = make_demo_store()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **columns)
+    return truth

@@ -1,0 +1,1 @@
+"""The columnar core, the checks and the pipeline."""

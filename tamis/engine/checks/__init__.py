@@ -1,0 +1,47 @@
+"""The check registry: every check tamis can run, in the order a scan runs them.
+
+Adding a check is one new module in this package holding one :class:`Check` subclass,
+and one line in :data:`REGISTRY`. ``tests/test_check_contract.py`` fails when a module
+here defines a check that is not registered.
+"""
+
+from __future__ import annotations
+
+from ...errors import ConfigError
+from .base import Check, CheckResult
+from .class_imbalance import ClassImbalance
+from .invalid import InvalidEmbedding
+
+REGISTRY: dict[str, type[Check]] = {cls.name: cls for cls in (
+    InvalidEmbedding,
+    ClassImbalance,
+)}
+
+
+def check_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def make_checks(names: list[str] | None = None, params: dict[str, dict] | None = None) -> list[Check]:
+    """Instances of the named checks (all when ``names`` is None), in registry order.
+
+    ``params`` maps a check name to its parameters; unknown names and parameters raise
+    :class:`ConfigError` (options are never silently ignored).
+    """
+    params = params or {}
+    wanted = list(REGISTRY) if names is None else list(dict.fromkeys(names))
+    for name in list(wanted) + list(params):
+        if name not in REGISTRY:
+            raise ConfigError(f"unknown check {name!r}; the checks are: {', '.join(REGISTRY)}")
+    unused = [name for name in params if name not in wanted]
+    if unused:
+        raise ConfigError(f"parameters were given for check {unused[0]!r}, which this scan does not run; "
+                          f"add it to the checks or drop its parameters")
+    checks = []
+    for name in REGISTRY:
+        if name in wanted:
+            checks.append(REGISTRY[name]().set_params(**params.get(name, {})))
+    return checks
+
+
+__all__ = ["Check", "CheckResult", "REGISTRY", "check_names", "make_checks"]

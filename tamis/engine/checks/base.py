@@ -1,0 +1,118 @@
+"""The contract every check follows.
+
+A check is one module holding one :class:`Check` subclass, listed once in
+:mod:`tamis.engine.checks` (the registry). It declares
+
+- ``name``: the issue type; the per-sample columns ``is_<name>_issue`` and
+  ``<name>_score`` are derived from it here, so they cannot drift;
+- ``requires``: the store inputs it needs (from :data:`tamis.engine.store.INPUTS`);
+- ``_parameter_constraints``: its parameters and their allowed values.
+
+``__init__`` only stores parameters (scikit-learn's discipline); they are validated when
+:meth:`Check.run` starts. ``run(ctx)`` reads shared artefacts from the
+:class:`~tamis.engine.context.RunContext` and returns a :class:`CheckResult`: a flag and a
+score per input row (score in [0, 1], lower = worse, NaN where the row was not scored,
+e.g. an invalid embedding), a JSON-able summary, optional tables and the rows the keep
+policy excludes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from ..params import validate_params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..context import RunContext
+
+
+@dataclass
+class CheckResult:
+    """What one check found.
+
+    flags : (N,) bool, True where the row has this issue
+    scores : (N,) float in [0, 1], lower = worse; NaN where the row was not scored
+    summary : JSON-able dict, stored under ``summary.json["checks"][name]``
+    tables : name -> pyarrow Table, written as ``<name>.parquet`` beside the report
+    exclude : rows (input positions) the keep policy drops, with reason ``name``
+    columns : extra per-sample columns (name -> (N,) array), e.g. a suggested label
+    """
+
+    flags: np.ndarray
+    scores: np.ndarray
+    summary: dict = field(default_factory=dict)
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    exclude: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+class Check:
+    """Base class of every check. Subclasses set ``name``, ``requires`` and implement ``_run``."""
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    _parameter_constraints: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def issue_column(cls) -> str:
+        return f"is_{cls.name}_issue"
+
+    @classmethod
+    def score_column(cls) -> str:
+        return f"{cls.name}_score"
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters and their current values."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {p: getattr(self, p) for p in names}
+
+    def set_params(self, **params: Any) -> "Check":
+        validate_params(self.name, params, self._parameter_constraints)
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def missing_inputs(self, available: frozenset[str]) -> list[str]:
+        return [name for name in self.requires if name not in available]
+
+    def run(self, ctx: "RunContext") -> CheckResult:
+        """Validate parameters, run the check, and hold its result to the contract."""
+        validate_params(self.name, self.get_params(), self._parameter_constraints)
+        result = self._run(ctx)
+        self._check_contract(result, ctx.n)
+        return result
+
+    def _run(self, ctx: "RunContext") -> CheckResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_contract(self, result: CheckResult, n: int) -> None:
+        """An internal error (not the user's) when a check breaks the result schema."""
+        flags = np.asarray(result.flags)
+        scores = np.asarray(result.scores)
+        if flags.shape != (n,) or flags.dtype != bool:
+            raise _ContractError(f"check {self.name!r} returned flags of shape {flags.shape} and dtype "
+                                 f"{flags.dtype}; expected ({n},) bool")
+        if scores.shape != (n,) or scores.dtype.kind != "f":
+            raise _ContractError(f"check {self.name!r} returned scores of shape {scores.shape}; expected ({n},) float")
+        scored = scores[~np.isnan(scores)]
+        if len(scored) and (scored.min() < 0 or scored.max() > 1):
+            raise _ContractError(f"check {self.name!r} returned scores outside [0, 1] "
+                                 f"({scored.min():.4g} .. {scored.max():.4g})")
+        exclude = np.asarray(result.exclude)
+        if len(exclude) and (exclude.min() < 0 or exclude.max() >= n):
+            raise _ContractError(f"check {self.name!r} excluded rows outside 0..{n - 1}")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class _ContractError(RuntimeError):
+    """A check broke the result contract: a bug in tamis, never bad input."""
+

@@ -1,0 +1,181 @@
+"""The run context: the store, the backend, and the artefacts checks share.
+
+Expensive things are built once per run, on first use, and cached here (cleanlab's
+shared kNN graph): the valid-row mask, the L2-normalised embedding matrix on the
+device, label and split codes, and later the neighbour graph and pair lists. Checks
+read them as properties or through :meth:`RunContext.artifact`.
+
+Row spaces: ``ctx.n`` input rows; ``ctx.valid`` marks the rows whose embedding is
+finite and non-zero (all rows when the store has no embeddings); ``ctx.embeddings`` holds
+the valid rows only, in input order, and ``ctx.valid_rows`` maps its rows back to input
+positions. :meth:`RunContext.to_rows` scatters per-valid-row values back to all rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import InputError
+from .backend import Backend
+from .progress import Progress
+from .store import Store
+
+log = logging.getLogger("tamis")
+
+#: rows per block when normalising: bounds the temporary float64 block to ~64 MiB
+NORMALISE_BLOCK_BYTES = 64 << 20
+
+
+class RunContext:
+    """Everything one scan shares between its checks."""
+
+    def __init__(self, store: Store, backend: Backend, *, precision: str = "float32",
+                 progress: Progress | None = None):
+        self.store = store
+        self.backend = backend
+        self.xp = backend.xp
+        self.precision = precision
+        self.progress = progress or Progress(enabled=False)
+        self.timings: dict[str, float] = {}
+        self._cache: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------ generic cache
+    def artifact(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The artefact stored under ``key``, built by ``build()`` on first use."""
+        if key not in self._cache:
+            name = key if isinstance(key, str) else "/".join(map(str, key))
+            with self.timed(f"artifact:{name}"):
+                self._cache[key] = build()
+        return self._cache[key]
+
+    def has_artifact(self, key: Any) -> bool:
+        return key in self._cache
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.backend.synchronize()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    # ------------------------------------------------------------------ rows
+    @property
+    def n(self) -> int:
+        return self.store.n
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(N,) bool: rows with a usable embedding (all rows when there are no embeddings)."""
+        return self._normalised()[0]
+
+    @property
+    def valid_rows(self) -> np.ndarray:
+        """Input positions of the valid rows, ascending."""
+        return self.artifact("valid_rows", lambda: np.flatnonzero(self.valid))
+
+    @property
+    def embeddings(self) -> Any:
+        """(M, d) L2-normalised embeddings of the valid rows, on the backend's device."""
+        matrix = self._normalised()[1]
+        if matrix is None:
+            raise InputError(f"{self.store.source}: this check needs embeddings, and the store has none")
+        return matrix
+
+    def to_rows(self, values: Any, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
+        """Scatter per-valid-row ``values`` (length M) to a host array over all N rows."""
+        host = self.backend.to_host(values)
+        out = np.full(self.n, fill, dtype=dtype or host.dtype)
+        out[self.valid_rows] = host
+        return out
+
+    def _normalised(self) -> tuple[np.ndarray, Any]:
+        return self.artifact("normalised", self._normalise)
+
+    def _normalise(self) -> tuple[np.ndarray, Any]:
+        emb = self.store.embeddings
+        if emb is None:
+            return np.ones(self.n, dtype=bool), None
+        xp, n, d = self.xp, emb.shape[0], emb.shape[1]
+        block = max(1, NORMALISE_BLOCK_BYTES // (8 * max(d, 1)))
+        norms = np.empty(n, dtype=np.float64)
+        with self.progress.task("check embeddings", total=2 * n) as advance:
+            for start in range(0, n, block):  # pass 1: squared norms in float64 (no overflow)
+                part = xp.asarray(emb[start:start + block], dtype=xp.float64)
+                norms[start:start + block] = self.backend.to_host(xp.einsum("ij,ij->i", part, part))
+                advance(len(part))
+            valid = np.isfinite(norms) & (norms > 0)
+            if not valid.any():
+                raise InputError(f"{self.store.source}: none of the {n} embeddings is usable (every row is NaN, "
+                                 "inf or all zeros); check how the embeddings were computed and saved")
+            rows = np.flatnonzero(valid)
+            out = xp.empty((len(rows), d), dtype=self.precision)
+            inv = 1.0 / np.sqrt(norms[rows])
+            contiguous = len(rows) == n
+            for start in range(0, len(rows), block):  # pass 2: normalised valid rows, in order
+                take = rows[start:start + block]
+                part = xp.asarray(emb[start:start + len(take)] if contiguous else emb[take], dtype=xp.float32)
+                scale = xp.asarray(inv[start:start + block], dtype=xp.float32)
+                out[start:start + len(take)] = part * scale[:, None]
+                advance(len(take))
+            advance(n - len(rows))
+        if not valid.all():
+            log.info("%d of %d rows have unusable embeddings (NaN, inf or all zeros)", n - len(rows), n)
+        return valid, out
+
+    # ------------------------------------------------------------------ labels and splits
+    @property
+    def label_codes(self) -> np.ndarray:
+        """(N,) int64 index into :attr:`label_names` for every input row."""
+        return self._labels()[0]
+
+    @property
+    def label_names(self) -> list:
+        """The classes, sorted; with integer labels and pred_probs, 0..C-1 (pred_probs' columns)."""
+        return self._labels()[1]
+
+    def _labels(self) -> tuple[np.ndarray, list]:
+        def build() -> tuple[np.ndarray, list]:
+            labels = self._need("labels")
+            if self.store.pred_probs is not None and pa.types.is_integer(labels.type):
+                return labels.to_numpy(zero_copy_only=False).astype(np.int64), \
+                    list(range(self.store.pred_probs.shape[1]))
+            return _encode(labels)
+        return self.artifact("labels", build)
+
+    @property
+    def split_codes(self) -> np.ndarray:
+        return self._splits()[0]
+
+    @property
+    def split_names(self) -> list:
+        return self._splits()[1]
+
+    def _splits(self) -> tuple[np.ndarray, list]:
+        return self.artifact("splits", lambda: _encode(self._need("split")))
+
+    def _need(self, name: str) -> Any:
+        value = getattr(self.store, name)
+        if value is None:
+            raise InputError(f"{self.store.source}: this check needs {name}, and the store has none")
+        return value
+
+
+def _encode(values: pa.Array) -> tuple[np.ndarray, list]:
+    """Codes into the sorted distinct values, computed with Arrow's hash kernels."""
+    encoded = pc.dictionary_encode(values).combine_chunks() if isinstance(values, pa.ChunkedArray) \
+        else pc.dictionary_encode(values)
+    dictionary = encoded.dictionary
+    order = np.asarray(pc.array_sort_indices(dictionary), dtype=np.int64)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    return codes, dictionary.take(pa.array(order)).to_pylist()

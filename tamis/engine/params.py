@@ -1,0 +1,98 @@
+"""Declared parameter constraints, checked when work starts (scikit-learn's discipline).
+
+A check declares ``_parameter_constraints = {"k": Interval(int, 1, None), ...}`` once;
+:func:`validate_params` raises :class:`~tamis.errors.ConfigError` naming the parameter,
+the value seen and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number of ``kind`` (int or float) in [low, high]; ``closed`` says which ends count."""
+
+    kind: type
+    low: float | None
+    high: float | None
+    closed: str = "both"  # "both", "left", "right", "neither"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            return False
+        if not isinstance(value, numbers.Real):
+            return False
+        if self.low is not None:
+            if value < self.low or (value == self.low and self.closed in ("right", "neither")):
+                return False
+        if self.high is not None:
+            if value > self.high or (value == self.high and self.closed in ("left", "neither")):
+                return False
+        return True
+
+    def describe(self) -> str:
+        left = "[" if self.closed in ("both", "left") else "("
+        right = "]" if self.closed in ("both", "right") else ")"
+        low = "-inf" if self.low is None else self.low
+        high = "inf" if self.high is None else self.high
+        return f"{'an integer' if self.kind is int else 'a number'} in {left}{low}, {high}{right}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of values."""
+
+    values: tuple
+
+    def accepts(self, value: Any) -> bool:
+        return value in self.values
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+@dataclass(frozen=True)
+class OptionalString:
+    """A string or None (column names and the like)."""
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or isinstance(value, str)
+
+    def describe(self) -> str:
+        return "a string or None"
+
+
+def validate_params(owner: str, params: dict[str, Any], constraints: dict[str, Any]) -> None:
+    """Raise ConfigError for the first parameter whose value its constraint refuses."""
+    for name, value in params.items():
+        constraint = constraints.get(name)
+        if constraint is None:
+            raise ConfigError(f"{owner}: unknown parameter {name!r}; known parameters: "
+                              f"{', '.join(sorted(constraints)) or 'none'}")
+        if not constraint.accepts(value):
+            raise ConfigError(f"{owner}: parameter {name}={value!r} is not {constraint.describe()}")
+
+
+def coerce(text: str) -> Any:
+    """A CLI string as the Python value it spells (int, float, bool, None or the string)."""
+    low = text.strip().lower()
+    if low in ("true", "yes"):
+        return True
+    if low in ("false", "no"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,220 @@
+"""One scan: load the store, choose the backend, run the checks, assemble the report.
+
+:func:`scan` is the Python API; the CLI calls it too. Each registered check whose
+inputs the store holds is run; the others are reported under ``checks_skipped`` with the
+reason. Asking for a check by name whose inputs are missing is an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .._version import __version__
+from ..errors import ConfigError
+from .backend import DEVICES, Backend, resolve_backend
+from .checks import REGISTRY, CheckResult, make_checks
+from .context import RunContext
+from .params import Options, validate_params
+from .progress import Progress
+from .readers import load_store
+from .report import Report
+from .store import ColumnSpec, Store
+
+log = logging.getLogger("tamis")
+
+PRECISIONS = ("float32", "float16")
+PROJECTIONS = ("none",)
+
+
+@dataclass
+class ScanConfig:
+    """Options of one scan; validated by :meth:`validate` when the scan starts."""
+
+    device: str = "auto"
+    checks: list[str] | None = None
+    params: dict[str, dict] = field(default_factory=dict)
+    precision: str = "float32"
+    projection: str = "none"
+    columns: ColumnSpec = field(default_factory=ColumnSpec)
+
+    _parameter_constraints = {
+        "device": Options(DEVICES),
+        "precision": Options(PRECISIONS),
+        "projection": Options(PROJECTIONS),
+    }
+
+    def validate(self) -> "ScanConfig":
+        validate_params("scan", {"device": self.device, "precision": self.precision,
+                                 "projection": self.projection}, self._parameter_constraints)
+        if self.checks is not None and not self.checks:
+            raise ConfigError("checks=[] names no check; leave it out to run every check that applies")
+        return self
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["columns"] = self.columns.as_dict()
+        return d
+
+
+def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str, dict] | None = None,
+         device: str | Backend = "auto", precision: str = "float32", projection: str = "none",
+         columns: ColumnSpec | dict | None = None, progress: bool = False,
+         out: str | None = None) -> Report:
+    """Scan an embedding store and return a :class:`~tamis.engine.report.Report`.
+
+    Parameters
+    ----------
+    source : path (.npz, .npy, Parquet file or folder, Arrow/Feather) or in-memory data
+        (N x d NumPy/CuPy array, dict of columns, pandas/cuDF DataFrame, pyarrow Table).
+    checks : names of the checks to run (default: every check whose inputs are present).
+    params : per-check parameters, e.g. ``{"class_imbalance": {"min_fraction": 0.1}}``.
+    device : "auto" (GPU when usable, else CPU), "cpu" or "gpu".
+    precision : "float32", or "float16" to halve the memory of the normalised matrix.
+    projection : "none" (projections come with a later release).
+    columns : which column holds what (a :class:`ColumnSpec` or a dict with its fields).
+    progress : show progress bars on stderr.
+    out : when given, the report is also saved into this folder.
+    """
+    started = time.perf_counter()
+    if isinstance(checks, str):
+        checks = [c.strip() for c in checks.split(",") if c.strip()]
+    if isinstance(columns, dict):
+        unknown = set(columns) - set(ColumnSpec().as_dict())
+        if unknown:
+            raise ConfigError(f"unknown column option {sorted(unknown)[0]!r}; the options are: "
+                              f"{', '.join(ColumnSpec().as_dict())}")
+        columns = ColumnSpec(**columns)
+    config = ScanConfig(device=device if isinstance(device, str) else device.name, checks=checks,
+                        params=dict(params or {}), precision=precision, projection=projection,
+                        columns=columns or ColumnSpec()).validate()
+    selected = make_checks(config.checks, config.params)  # unknown names fail before any work
+    backend = resolve_backend(device)
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    store = load_store(source, config.columns)
+    timings["load"] = time.perf_counter() - t0
+
+    runnable, skipped = [], []
+    for check in selected:
+        missing = check.missing_inputs(store.available)
+        if not missing:
+            runnable.append(check)
+            continue
+        reason = f"needs {', '.join(missing)}, which the store does not have"
+        if config.checks is not None:
+            raise ConfigError(f"check {check.name!r} {reason}; name the column "
+                              f"(--{_col_option(missing[0])}) or leave the check out")
+        skipped.append({"check": check.name, "reason": reason})
+        log.info("skipping %s: %s", check.name, reason)
+
+    results: dict[str, CheckResult] = {}
+    with Progress(enabled=progress) as bars:
+        ctx = RunContext(store, backend, precision=config.precision, progress=bars)
+        if store.embeddings is not None:
+            with ctx.timed("normalise"):
+                ctx.valid  # noqa: B018 - build the normalised matrix once, timed on its own
+        for check in runnable:
+            log.info("running %s", check.name)
+            with ctx.timed(f"check:{check.name}"):
+                results[check.name] = check.run(ctx)
+    timings.update(ctx.timings)
+
+    timings["total"] = time.perf_counter() - started  # the scan itself; writing is timed apart
+    report = _assemble(store, ctx, config, backend, runnable, skipped, results, timings)
+    if out is not None:
+        t0 = time.perf_counter()
+        report.save(out)
+        report.summary["timings"]["write"] = time.perf_counter() - t0
+    return report
+
+
+def _col_option(inp: str) -> str:
+    from .readers import ALIASES
+
+    return ALIASES[inp][0].replace("_", "-") + "-col"
+
+
+def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backend, runnable, skipped,
+              results: dict[str, CheckResult], timings: dict[str, float]) -> Report:
+    n = store.n
+    rows = pa.array(np.arange(n, dtype=np.int64))
+    ids = store.ids if store.ids is not None else rows
+    columns: dict[str, pa.Array] = {
+        "row": rows,
+        "id": ids,
+        "path": store.paths if store.paths is not None else pa.nulls(n, pa.string()),
+        "label": store.labels if store.labels is not None else pa.nulls(n, pa.string()),
+        "split": store.split if store.split is not None else pa.nulls(n, pa.string()),
+    }
+    tables: dict[str, pa.Table] = {}
+    excluded: dict[int, tuple[list[str], float]] = {}
+    for check in runnable:
+        result = results[check.name]
+        columns[check.issue_column()] = pa.array(np.asarray(result.flags, dtype=bool))
+        columns[check.score_column()] = pa.array(np.asarray(result.scores, dtype=np.float64), from_pandas=True)
+        for name, values in result.columns.items():
+            columns[name] = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+        for name, table in result.tables.items():
+            if name in tables or name in ("samples", "exclude", "summary"):
+                raise RuntimeError(f"check {check.name!r} reports table {name!r}, a name already taken")
+            tables[name] = table
+        scores = np.asarray(result.scores, dtype=np.float64)
+        for r in np.unique(np.asarray(result.exclude, dtype=np.int64)).tolist():
+            reasons, score = excluded.get(r, ([], 1.0))
+            s = scores[r]
+            excluded[r] = (reasons + [check.name], min(score, float(s)) if s == s else score)
+    samples = pa.table(columns)
+
+    ex_rows = np.array(sorted(excluded), dtype=np.int64)
+    take = pa.array(ex_rows, type=pa.int64())
+    exclusions = pa.table({
+        "row": take,
+        "id": samples["id"].take(take),
+        "path": samples["path"].take(take),
+        "reason": pa.array([",".join(excluded[r][0]) for r in ex_rows.tolist()], type=pa.string()),
+        "score": pa.array([excluded[r][1] for r in ex_rows.tolist()], type=pa.float64()),
+    })
+
+    summary = {
+        "tamis_version": __version__,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "store": {
+            "source": store.source,
+            "n_rows": n,
+            "n_valid": int(ctx.valid.sum()),
+            "dim": store.dim,
+            "inputs": sorted(store.available),
+            "columns": store.columns,
+        },
+        "device": {"backend": backend.name, "name": backend.device_name, **backend.info},
+        "config": config.as_dict(),
+        "checks_run": [c.name for c in runnable],
+        "checks_skipped": skipped,
+        "issues": {c.name: int(np.asarray(results[c.name].flags).sum()) for c in runnable},
+        "n_excluded": len(ex_rows),
+        "checks": {c.name: {"params": c.get_params(), **results[c.name].summary} for c in runnable},
+        "timings": timings,
+        "versions": _versions(backend),
+    }
+    return Report(samples=samples, summary=summary, exclusions=exclusions, tables=tables)
+
+
+def _versions(backend: Backend) -> dict[str, str]:
+    import scipy
+
+    versions = {"tamis": __version__, "python": platform.python_version(), "numpy": np.__version__,
+                "pyarrow": pa.__version__, "scipy": scipy.__version__}
+    versions.update({k: str(v) for k, v in backend.info.items() if k in ("cupy", "cuda_runtime", "cuda_driver")})
+    return versions
+
+
+__all__ = ["scan", "ScanConfig", "REGISTRY"]

@@ -1,0 +1,155 @@
+"""The columnar store every scan reads: embeddings plus the columns that describe them.
+
+A :class:`Store` holds numeric matrices as arrays (NumPy, or CuPy when the caller
+passes device arrays) and the descriptive columns (labels, paths, split, ids) as
+pyarrow arrays, one value per input row, in input order. It is built by
+:func:`tamis.engine.readers.load_store` and checked by :meth:`Store.validate`; it is
+never modified afterwards (inputs are never modified).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import InputError
+
+#: names of the inputs a check can require
+INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs")
+
+#: tolerance on |sum(pred_probs row) - 1|
+PRED_PROBS_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Which column holds which input; ``None`` means "detect the usual names"."""
+
+    embedding: str | None = None
+    label: str | None = None
+    path: str | None = None
+    split: str | None = None
+    id: str | None = None
+    pred_probs: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"embedding": self.embedding, "label": self.label, "path": self.path,
+                "split": self.split, "id": self.id, "pred_probs": self.pred_probs}
+
+
+@dataclass(frozen=True)
+class Store:
+    """One embedding store, validated, in input order.
+
+    Attributes
+    ----------
+    embeddings : (N, d) float array or None, as given (not normalised)
+    labels, paths, split, ids : pyarrow arrays of length N, or None
+    pred_probs : (N, C) float array or None
+    source : where the store came from (a path or "memory")
+    columns : input name -> the column it was read from
+    """
+
+    embeddings: Any = None
+    labels: pa.Array | None = None
+    paths: pa.Array | None = None
+    split: pa.Array | None = None
+    ids: pa.Array | None = None
+    pred_probs: Any = None
+    source: str = "memory"
+    columns: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        for value in (self.embeddings, self.pred_probs, self.labels, self.paths, self.split, self.ids):
+            if value is not None:
+                return len(value)
+        return 0
+
+    @property
+    def available(self) -> frozenset[str]:
+        """Names (from :data:`INPUTS`) of the inputs this store holds."""
+        return frozenset(name for name in INPUTS if getattr(self, name) is not None)
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.embeddings is None else int(self.embeddings.shape[1])
+
+    def validate(self) -> "Store":
+        """Raise :class:`InputError` for a store no scan can use; return self otherwise."""
+        if not self.available:
+            raise InputError(f"{self.source}: the store holds none of the inputs tamis reads "
+                             f"({', '.join(INPUTS)}); name the columns with --embedding-col, "
+                             "--label-col, ... or add them")
+        n = self.n
+        if n == 0:
+            raise InputError(f"{self.source}: the store is empty (0 rows); scan a store with at least one row")
+        for name in INPUTS:
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                first = next(x for x in INPUTS if getattr(self, x) is not None)
+                raise InputError(
+                    f"{self.source}: column {self._col(name)!r} has {len(value)} rows but "
+                    f"{self._col(first)!r} has {n}; every column needs one value per row")
+        if self.labels is not None:
+            _check_no_nulls(self.labels, self._col("labels"), self.source)
+        for name in ("paths", "split", "ids"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_no_nulls(value, self._col(name), self.source)
+        if self.pred_probs is not None:
+            self._validate_pred_probs()
+        return self
+
+    def _col(self, name: str) -> str:
+        return self.columns.get(name, name)
+
+    def _validate_pred_probs(self) -> None:
+        col = self._col("pred_probs")
+        probs = self.pred_probs
+        xp = _array_module(probs)
+        if probs.ndim != 2 or probs.shape[1] < 2:
+            raise InputError(f"{self.source}: column {col!r} has shape {tuple(probs.shape)}; pred_probs "
+                             "must be an N x C matrix of class probabilities with C >= 2")
+        finite = bool(xp.isfinite(probs).all())
+        low = float(probs.min()) if finite else float("nan")
+        sums = probs.sum(axis=1, dtype=xp.float64)
+        bad = xp.flatnonzero(xp.abs(sums - 1.0) > PRED_PROBS_ATOL)
+        if not finite or low < 0 or len(bad):
+            if not finite:
+                what = "non-finite values (NaN or inf)"
+            elif low < 0:
+                what = f"negative values (min {low:.3g})"
+            else:
+                r = int(bad[0])
+                what = f"{len(bad)} rows that do not sum to 1 (row {r} sums to {float(sums[r]):.4g})"
+            raise InputError(f"{self.source}: column {col!r} has {what}; pred_probs must hold "
+                             "probabilities: apply softmax to logits, or normalise each row to sum to 1")
+        if self.labels is not None and pa.types.is_integer(self.labels.type):
+            n_classes = probs.shape[1]
+            lo, hi = pc.min(self.labels).as_py(), pc.max(self.labels).as_py()
+            if lo < 0 or hi >= n_classes:
+                bad_label = hi if hi >= n_classes else lo
+                raise InputError(
+                    f"{self.source}: label {bad_label} in {self._col('labels')!r} is outside the "
+                    f"{n_classes} classes of {col!r} (0..{n_classes - 1}); integer labels index "
+                    "pred_probs' columns: give one column per class")
+
+
+def _check_no_nulls(array: pa.Array, col: str, source: str) -> None:
+    if array.null_count:
+        first = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{source}: column {col!r} has {array.null_count} nulls (first at row {first}); "
+                         "fill them or drop those rows before scanning")
+
+
+def _array_module(a: Any):
+    if isinstance(a, np.ndarray):
+        return np
+    import importlib
+
+    return importlib.import_module(type(a).__module__.split(".")[0])

@@ -1,0 +1,81 @@
+"""Contract tests run over every registered check (scikit-learn's parametrize_with_checks)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import numpy as np
+import pytest
+
+import tamis
+from tamis.engine import checks as checks_pkg
+from tamis.engine.backend import cpu_backend
+from tamis.engine.checks import REGISTRY, Check, make_checks
+from tamis.engine.context import RunContext
+from tamis.engine.readers import load_store
+
+
+def test_every_check_module_is_registered():
+    found = {}
+    for info in pkgutil.iter_modules(checks_pkg.__path__):
+        if info.name in ("base",):
+            continue
+        module = importlib.import_module(f"{checks_pkg.__name__}.{info.name}")
+        classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+                   if issubclass(c, Check) and c is not Check and c.__module__ == module.__name__]
+        assert len(classes) == 1, f"{info.name} must define exactly one check class, found {classes}"
+        found[classes[0].name] = classes[0]
+    assert found == REGISTRY, "a check module is not registered in tamis/engine/checks/__init__.py"
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_check_declares_its_contract(name):
+    cls = REGISTRY[name]
+    assert cls.name == name and name.isidentifier()
+    assert cls.requires and set(cls.requires) <= set(tamis.engine.store.INPUTS)
+    assert cls.description
+    check = cls()
+    assert set(check.get_params()) == set(cls._parameter_constraints)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_constructor_only_stores_parameters(name):
+    cls = REGISTRY[name]
+    for param, constraint in cls._parameter_constraints.items():
+        check = cls(**{param: "not a valid value"})  # no validation in __init__
+        assert getattr(check, param) == "not a valid value"
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_check_result_follows_the_schema(name, small_columns, device):
+    from tamis.engine.backend import resolve_backend
+
+    cols = dict(small_columns, embeddings=small_columns["embeddings"].copy())
+    cols["embeddings"][7] = np.nan
+    ctx = RunContext(load_store(cols), resolve_backend(device))
+    (check,) = make_checks([name])
+    result = check.run(ctx)
+    assert result.flags.shape == (60,) and result.flags.dtype == bool
+    assert result.scores.shape == (60,)
+    scored = result.scores[~np.isnan(result.scores)]
+    assert ((scored >= 0) & (scored <= 1)).all()
+    if name != "invalid":
+        assert np.isnan(result.scores[7]) and not result.flags[7], "invalid rows must be left out"
+    # flagged rows score no better than unflagged ones
+    if result.flags.any() and (~result.flags & ~np.isnan(result.scores)).any():
+        assert result.scores[result.flags].max() <= np.nanmin(result.scores[~result.flags]) + 1e-12
+    import json
+
+    json.dumps(result.summary)
+
+
+@pytest.mark.parametrize("name", [n for n, c in REGISTRY.items() if c._parameter_constraints])
+def test_invalid_parameter_fails_when_run_starts(name, small_columns):
+    cls = REGISTRY[name]
+    param = next(iter(cls._parameter_constraints))
+    check = cls(**{param: object()})
+    ctx = RunContext(load_store(small_columns), cpu_backend())
+    with pytest.raises(tamis.ConfigError, match=param):
+        check.run(ctx)

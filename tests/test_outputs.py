@@ -1,0 +1,124 @@
+"""The report files are a public contract: names, columns, types and atomic writing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import tamis
+from tamis import Report
+
+CONTRACT_COLUMNS = ["row", "id", "path", "label", "split"]
+
+
+@pytest.fixture
+def saved(tmp_path, small_columns):
+    emb = small_columns["embeddings"].copy()
+    emb[5] = np.nan
+    emb[9] = 0
+    cols = dict(small_columns, embeddings=emb)
+    report = tamis.scan(cols, device="cpu", out=tmp_path / "out")
+    return report, tmp_path / "out"
+
+
+def test_files_and_samples_schema(saved):
+    report, out = saved
+    assert {"samples.parquet", "summary.json", "exclude.txt", "exclude.parquet", "class_counts.parquet"} <= \
+        set(os.listdir(out))
+    samples = pq.read_table(out / "samples.parquet")
+    assert samples.column_names[:5] == CONTRACT_COLUMNS
+    assert samples["row"].to_pylist() == list(range(60))
+    for check in ("invalid", "class_imbalance"):
+        assert samples.schema.field(f"is_{check}_issue").type == pa.bool_()
+        assert samples.schema.field(f"{check}_score").type == pa.float64()
+        scores = samples[f"{check}_score"].drop_null().to_numpy()
+        assert ((scores >= 0) & (scores <= 1)).all()
+    assert samples["id"].to_pylist()[:2] == ["s0", "s1"]
+    assert samples["path"].to_pylist()[5] == "img/005.jpg"
+
+
+def test_invalid_rows_excluded_everywhere(saved):
+    report, out = saved
+    samples = report.samples
+    assert np.flatnonzero(samples["is_invalid_issue"].to_numpy(zero_copy_only=False)).tolist() == [5, 9]
+    # invalid rows are not scored by the other checks
+    assert samples["class_imbalance_score"].is_null().to_pylist()[5]
+    assert (out / "exclude.txt").read_text() == "img/005.jpg\nimg/009.jpg\n"
+    ex = pq.read_table(out / "exclude.parquet")
+    assert ex.column_names == ["row", "id", "path", "reason", "score"]
+    assert ex["row"].to_pylist() == [5, 9] and set(ex["reason"].to_pylist()) == {"invalid"}
+
+
+def test_summary_json(saved):
+    _, out = saved
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("issues", "checks_run", "checks_skipped", "config", "versions", "device", "timings", "store"):
+        assert key in summary
+    assert summary["issues"]["invalid"] == 2
+    assert summary["checks_run"] == ["invalid", "class_imbalance"]
+    assert summary["device"]["backend"] == "cpu"
+    assert summary["store"]["n_valid"] == 58
+    assert "check:class_imbalance" in summary["timings"] and "total" in summary["timings"]
+
+
+def test_skipped_checks_are_reported_with_reason(small_columns):
+    report = tamis.scan(small_columns["embeddings"], device="cpu")
+    assert report.summary["checks_skipped"] == [
+        {"check": "class_imbalance", "reason": "needs labels, which the store does not have"}]
+    assert "is_class_imbalance_issue" not in report.samples.column_names
+
+
+def test_labels_and_pred_probs_only_store():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.7, 0.3]])
+    report = tamis.scan({"labels": np.array([0, 1, 1, 0]), "pred_probs": probs}, device="cpu")
+    assert report.summary["checks_run"] == ["class_imbalance"]
+    assert {s["check"] for s in report.summary["checks_skipped"]} == {"invalid"}
+
+
+def test_exclude_txt_falls_back_to_ids_then_rows(tmp_path):
+    emb = np.eye(4, dtype=np.float32)
+    emb[1] = np.inf
+    tamis.scan({"embeddings": emb, "ids": np.array(["a", "b", "c", "d"])}, device="cpu", out=tmp_path / "a")
+    assert (tmp_path / "a" / "exclude.txt").read_text() == "b\n"
+    tamis.scan(emb, device="cpu", out=tmp_path / "b")
+    assert (tmp_path / "b" / "exclude.txt").read_text() == "1\n"
+
+
+def test_report_round_trip(saved):
+    report, out = saved
+    loaded = Report.load(out)
+    assert loaded.samples.equals(report.samples)
+    assert loaded.exclusions.equals(report.exclusions)
+    assert loaded.tables["class_counts"].equals(report.tables["class_counts"])
+    assert loaded.counts() == report.counts()
+    worst = loaded.issues("class_imbalance")
+    assert set(worst["label"].to_pylist()) == {2}
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, small_columns, monkeypatch):
+    report = tamis.scan(small_columns, device="cpu")
+    out = tmp_path / "out"
+    report.save(out)
+    first = (out / "summary.json").read_text()
+
+    import tamis.engine.report as report_module
+
+    def fail(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report_module, "write_json", fail)
+    with pytest.raises(OSError, match="disk full"):
+        report.save(out)
+    assert (out / "summary.json").read_text() == first, "the old report must survive a failed save"
+    assert not [p for p in os.listdir(out) if p.startswith(".")], "temporary files were left behind"
+
+
+def test_save_into_a_file_path_is_an_error(tmp_path, small_columns):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(tamis.InputError, match="output path is a file"):
+        tamis.scan(small_columns, device="cpu", out=tmp_path / "f")
