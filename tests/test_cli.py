@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tamis import __version__
+from tamis.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "tamis", *args], capture_output=True, text=True)
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"tamis {__version__}"
+
+
+def test_help_has_examples():
+    proc = run("scan", "--help")
+    assert proc.returncode == 0
+    assert "examples:" in proc.stdout and "--embedding-col" in proc.stdout
+
+
+def test_usage_error_is_one_line_exit_2():
+    proc = run("scan")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "STORE" in proc.stderr
+    proc = run("scan", "x.npz", "--device", "tpu")
+    assert proc.returncode == 2 and "invalid choice: 'tpu'" in proc.stderr
+
+
+def test_bad_param_syntax(tmp_path, capsys):
+    np.save(tmp_path / "e.npy", np.eye(3, dtype=np.float32))
+    assert main(["scan", str(tmp_path / "e.npy"), "--param", "min_fraction=0.1", "--out", str(tmp_path / "o")]) == 2
+    assert "CHECK.NAME=VALUE" in capsys.readouterr().err
+
+
+def test_scan_writes_report_and_summary_table(tmp_path, small_columns):
+    np.savez(tmp_path / "s.npz", **small_columns)
+    proc = run("scan", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r"), "--device", "cpu",
+               "--param", "class_imbalance.min_fraction=0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "class_imbalance" in proc.stdout and str(tmp_path / "r") in proc.stdout
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["checks"]["class_imbalance"]["params"]["min_fraction"] == 0.5
+
+
+def test_checks_option_and_listing(tmp_path, small_columns):
+    np.savez(tmp_path / "s.npz", **small_columns)
+    assert main(["scan", str(tmp_path / "s.npz"), "--checks", "invalid", "--out", str(tmp_path / "r"), "-q"]) == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["checks_run"] == ["invalid"]
+    proc = run("checks")
+    assert proc.returncode == 0 and "class_imbalance" in proc.stdout and "needs labels" in proc.stdout
+
+
+def test_internal_error_is_exit_1_without_traceback(tmp_path, monkeypatch, capsys):
+    import tamis.engine.pipeline as pipeline
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("planted bug")
+
+    monkeypatch.setattr(pipeline, "scan", boom)
+    np.save(tmp_path / "e.npy", np.eye(3, dtype=np.float32))
+    assert main(["scan", str(tmp_path / "e.npy"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: planted bug" in err and "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):
+        main(["scan", str(tmp_path / "e.npy"), "--out", str(tmp_path / "o"), "--debug"])
