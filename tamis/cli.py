@@ -22,6 +22,7 @@ examples:
   tamis scan shards/ --embedding-col clip_emb --label-col class
   tamis scan store.parquet --device gpu --checks invalid,class_imbalance
   tamis scan store.npz --param class_imbalance.min_fraction=0.1
+  tamis scan store.npz --references trusted.npz   also find off-topic rows per class
   tamis checks                                 list the checks and what they need
 """
 
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     cols = scan.add_argument_group("columns (default: detected from the usual names)")
     for name, what in (("embedding", "embedding vectors"), ("label", "class labels"), ("path", "image paths"),
                        ("split", "train/val/test split"), ("id", "sample ids"),
-                       ("pred-probs", "model's predicted class probabilities")):
+                       ("pred-probs", "model's predicted class probabilities"),
+                       ("quality", "a quality score per sample (higher = better), for --param *.keep=quality")):
         cols.add_argument(f"--{name}-col", metavar="NAME", help=f"column with the {what}")
 
     demo = sub.add_parser("demo", help="write the bundled demo store and scan it")
@@ -66,6 +68,14 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checks", metavar="A,B,C", help="run only these checks (default: all that apply)")
     p.add_argument("--param", action="append", default=[], metavar="CHECK.NAME=VALUE",
                    help="set a check parameter; repeatable")
+    p.add_argument("--threshold", type=float, default=0.95, metavar="COS",
+                   help="cosine similarity at or above which two rows are near duplicates (default: %(default)s)")
+    p.add_argument("--exact", action="store_true",
+                   help="use the exact all-pairs engine for duplicates even where the partitioned one is faster")
+    p.add_argument("--k", type=int, default=None, metavar="K",
+                   help="neighbours per row in the shared neighbour graph (default: 10)")
+    p.add_argument("--references", metavar="STORE",
+                   help="trusted examples per class (embeddings + labels) for the off_topic check")
     p.add_argument("--precision", choices=("float32", "float16"), default="float32",
                    help="storage of the normalised matrix (float16 halves memory)")
     p.add_argument("--no-projection", action="store_true", help="skip the 2-D projection (none is built yet)")
@@ -126,15 +136,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import write_demo_store
 
-        out = Path(args.out)
-        store = out / "demo-store.npz"
-        write_demo_store(store)
+        store, references, _ = write_demo_store(Path(args.out))
         source, columns = str(store), None
+        if args.references is None and (args.checks is None or "off_topic" in args.checks.split(",")):
+            args.references = str(references)
     else:
         source = args.store
         columns = {"embedding": args.embedding_col, "label": args.label_col, "path": args.path_col,
-                   "split": args.split_col, "id": args.id_col, "pred_probs": args.pred_probs_col}
+                   "split": args.split_col, "id": args.id_col, "pred_probs": args.pred_probs_col,
+                   "quality": args.quality_col}
+    if args.references is not None:
+        params.setdefault("off_topic", {}).setdefault("references", args.references)
     report = scan(source, checks=args.checks, params=params, device=args.device, precision=args.precision,
+                  k=args.k,
+                  threshold=args.threshold, pair_engine="exact" if args.exact else "auto",
                   columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out)
     if not args.quiet:
         _print_summary(report, Path(args.out))
@@ -154,9 +169,11 @@ def _print_summary(report, out: Path) -> None:
     for name, count in s["issues"].items():
         table.add_row(name, f"{count:,}", f"{100 * count / max(n, 1):.2f}")
     for skipped in s["checks_skipped"]:
-        table.add_row(f"[dim]{skipped['check']}[/dim]", "[dim]skipped[/dim]", f"[dim]{skipped['reason']}[/dim]")
+        table.add_row(f"[dim]{skipped['check']}[/dim]", "[dim]skipped[/dim]", "")
     console = Console(soft_wrap=True)
     console.print(table)
+    for skipped in s["checks_skipped"]:
+        console.print(f"skipped {skipped['check']}: {skipped['reason']}", markup=False, highlight=False)
     device = s["device"]
     console.print(f"excluded: {s['n_excluded']:,} rows (exclude.txt)   device: {device['backend']} "
                   f"({device['name']})   time: {s['timings']['total']:.2f} s")

@@ -1,26 +1,38 @@
 """The bundled demo: scikit-learn's handwritten digits with planted problems.
 
-The 1,797 8x8 digit images ship inside scikit-learn (no download); their 64 pixel values
-serve as embeddings. :func:`make_demo_store` plants, deterministically, every kind of
+The 1,797 8x8 digit images ship inside scikit-learn (no download). A centred RBF kernel
+feature map of their pixels (scikit-learn's Nystroem, 256 features, fixed seed) stands in for
+an embedding model: raw pixel vectors are all alike under cosine similarity (every image is
+non-negative), while in the kernel space a copy with pixel noise stays above 0.999, junk
+images (noise, bars, checkerboards) sit far from every digit, and a 10-nearest-neighbour vote
+recovers the label of 98 % of the digits. Some distinct 8x8 digits are genuine look-alikes
+above 0.95: the scan shows them too. :func:`make_demo_store` plants, deterministically, every kind of
 problem tamis looks for, so the first scan shows each check at work, and returns the
 truth beside the store so tests can hold the checks to it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 #: the class made rare on purpose (kept rows)
 RARE_CLASS, RARE_KEEP = 7, 12
+EMBED_DIM = 256
 
 
 def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     """Columns (``embeddings``, ``labels``, ``image_paths``, ``split``, ``ids``) and the planted truth."""
     from sklearn.datasets import load_digits
 
+    from sklearn.kernel_approximation import Nystroem
+
     rng = np.random.default_rng(seed)
     digits = load_digits()
     emb = digits.data.astype(np.float32) / 16.0
+    kernel = Nystroem(kernel="rbf", gamma=0.05, n_components=EMBED_DIM, random_state=0).fit(emb)
+    centre = kernel.transform(emb).mean(axis=0)
     labels = digits.target.astype(np.int64)
 
     # a rare class: keep only a few sevens
@@ -70,14 +82,18 @@ def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, lis
     noisy = emb[src] + rng.normal(0, 0.01, emb[src].shape)
     for a, b in zip(src, add(np.clip(noisy, 0, 1), labels[src], np.full(len(src), "test"))):
         truth["leakage"].append([int(a), int(b)])
-    junk = rng.random((4, emb.shape[1])).astype(np.float32)    # scraped junk: uniform noise images
+    junk = np.stack([(rng.random(64) > 0.5).astype(np.float32),   # scraped junk: noise, bars, checkerboard
+                     (rng.random(64) > 0.5).astype(np.float32),
+                     np.tile(np.repeat([1.0, 0.0], 8), 4).astype(np.float32),
+                     (np.indices((8, 8)).sum(axis=0).ravel() % 2).astype(np.float32)])
     truth["outlier"] = add(junk, rng.integers(0, 10, 4), np.full(4, "train")).tolist()
     broken = np.zeros((3, emb.shape[1]), dtype=np.float32)    # failed embedding jobs
-    broken[0, 5] = np.nan
-    broken[1, :] = np.inf
     truth["invalid"] = add(broken, np.array([1, 2, 3]), np.full(3, "train")).tolist()
 
-    emb = np.concatenate(rows_e)
+    emb = (kernel.transform(np.concatenate(rows_e)) - centre).astype(np.float32)
+    emb[truth["invalid"]] = 0.0
+    emb[truth["invalid"][0], 5] = np.nan
+    emb[truth["invalid"][1], :] = np.inf
     labels = np.concatenate(rows_l)
     split = np.concatenate(rows_s)
     flips = pick(15, (np.arange(len(labels)) < n) & (labels != RARE_CLASS))  # label noise
@@ -92,12 +108,32 @@ def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, lis
     return {"embeddings": emb, "labels": labels, "image_paths": paths, "split": split, "ids": ids}, truth
 
 
-def write_demo_store(path) -> dict[str, list]:
-    """Write the demo store as an .npz at ``path`` (atomically); return the truth."""
+def make_demo_references(columns: dict[str, np.ndarray], truth: dict[str, list], per_class: int = 5,
+                         seed: int = 1) -> dict[str, np.ndarray]:
+    """A few trusted examples per class (clean rows of the store), for the off_topic check."""
+    rng = np.random.default_rng(seed)
+    planted = {int(r) for key, value in truth.items() if key != "rare_class"
+               for item in value for r in (item if isinstance(item, list) else [item])}
+    labels = columns["labels"]
+    clean = np.array([r for r in range(len(labels)) if r not in planted and np.isfinite(columns["embeddings"][r]).all()])
+    rows = np.concatenate([rng.choice(clean[labels[clean] == c], size=min(per_class, int((labels[clean] == c).sum())),
+                                      replace=False) for c in np.unique(labels[clean])])
+    return {"embeddings": columns["embeddings"][rows], "labels": labels[rows]}
+
+
+def write_demo_store(folder) -> tuple[Path, Path, dict[str, list]]:
+    """Write ``demo-store.npz`` and ``demo-references.npz`` into ``folder`` (atomically).
+
+    Returns the two paths and the planted truth.
+    """
     from .engine.atomic import atomic_path
 
+    folder = Path(folder)
     columns, truth = make_demo_store()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **columns)
-    return truth
+    written = []
+    for name, arrays in (("demo-store.npz", columns), ("demo-references.npz", make_demo_references(columns, truth))):
+        with atomic_path(folder / name) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        written.append(folder / name)
+    return written[0], written[1], truth

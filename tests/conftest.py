@@ -26,11 +26,14 @@ def device(request) -> str:
 
 @pytest.fixture
 def small_columns() -> dict[str, np.ndarray]:
-    """A tiny labelled store: 60 rows, 8 dims, 3 classes (class 2 rare: 2 rows), two splits."""
+    """A tiny labelled store: 60 rows, 16 dims, 3 classes (class 2 rare: 2 rows), two splits.
+
+    Classes are loose clusters: no two rows are near duplicates at 0.95.
+    """
     rng = np.random.default_rng(0)
     labels = np.array([0] * 29 + [1] * 29 + [2] * 2)
-    centers = rng.normal(size=(3, 8))
-    emb = (centers[labels] + 0.1 * rng.normal(size=(60, 8))).astype(np.float32)
+    centers = rng.normal(size=(3, 16))
+    emb = (centers[labels] + rng.normal(size=(60, 16))).astype(np.float32)
     split = np.array(["train", "test"] * 30)
     paths = np.array([f"img/{i:03d}.jpg" for i in range(60)])
     ids = np.array([f"s{i}" for i in range(60)])

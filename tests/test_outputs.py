@@ -48,10 +48,16 @@ def test_invalid_rows_excluded_everywhere(saved):
     assert np.flatnonzero(samples["is_invalid_issue"].to_numpy(zero_copy_only=False)).tolist() == [5, 9]
     # invalid rows are not scored by the other checks
     assert samples["class_imbalance_score"].is_null().to_pylist()[5]
-    assert (out / "exclude.txt").read_text() == "img/005.jpg\nimg/009.jpg\n"
+    lines = (out / "exclude.txt").read_text().splitlines()
     ex = pq.read_table(out / "exclude.parquet")
     assert ex.column_names == ["row", "id", "path", "reason", "score"]
-    assert ex["row"].to_pylist() == [5, 9] and set(ex["reason"].to_pylist()) == {"invalid"}
+    assert lines == ex["path"].to_pylist(), "exclude.txt lists exclude.parquet's paths, in row order"
+    reasons = dict(zip(ex["row"].to_pylist(), ex["reason"].to_pylist()))
+    assert reasons[5] == "invalid" and reasons[9] == "invalid"
+    for check in report.summary["checks_run"]:
+        if check != "invalid":
+            flags = samples[f"is_{check}_issue"].to_pylist()
+            assert not flags[5] and not flags[9], f"{check} looked at an invalid row"
 
 
 def test_summary_json(saved):
@@ -60,7 +66,10 @@ def test_summary_json(saved):
     for key in ("issues", "checks_run", "checks_skipped", "config", "versions", "device", "timings", "store"):
         assert key in summary
     assert summary["issues"]["invalid"] == 2
-    assert summary["checks_run"] == ["invalid", "class_imbalance"]
+    assert summary["checks_run"] == ["invalid", "exact_duplicate", "near_duplicate", "conflicting_labels",
+                                     "leakage", "label_error", "outlier", "split_shift", "class_imbalance"]
+    assert summary["checks_skipped"] == [{"check": "off_topic", "reason":
+                                          "needs reference embeddings per class: pass --references STORE"}]
     assert summary["device"]["backend"] == "cpu"
     assert summary["store"]["n_valid"] == 58
     assert "check:class_imbalance" in summary["timings"] and "total" in summary["timings"]
@@ -69,6 +78,11 @@ def test_summary_json(saved):
 def test_skipped_checks_are_reported_with_reason(small_columns):
     report = tamis.scan(small_columns["embeddings"], device="cpu")
     assert report.summary["checks_skipped"] == [
+        {"check": "conflicting_labels", "reason": "needs labels, which the store does not have"},
+        {"check": "leakage", "reason": "needs split, which the store does not have"},
+        {"check": "label_error", "reason": "needs labels, which the store does not have"},
+        {"check": "off_topic", "reason": "needs labels, which the store does not have"},
+        {"check": "split_shift", "reason": "needs split, which the store does not have"},
         {"check": "class_imbalance", "reason": "needs labels, which the store does not have"}]
     assert "is_class_imbalance_issue" not in report.samples.column_names
 
@@ -76,16 +90,19 @@ def test_skipped_checks_are_reported_with_reason(small_columns):
 def test_labels_and_pred_probs_only_store():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.7, 0.3]])
     report = tamis.scan({"labels": np.array([0, 1, 1, 0]), "pred_probs": probs}, device="cpu")
-    assert report.summary["checks_run"] == ["class_imbalance"]
-    assert {s["check"] for s in report.summary["checks_skipped"]} == {"invalid"}
+    assert report.summary["checks_run"] == ["label_error", "class_imbalance"]
+    assert {s["check"] for s in report.summary["checks_skipped"]} == {
+        "invalid", "exact_duplicate", "near_duplicate", "conflicting_labels", "leakage", "outlier", "off_topic",
+        "split_shift"}
 
 
 def test_exclude_txt_falls_back_to_ids_then_rows(tmp_path):
     emb = np.eye(4, dtype=np.float32)
     emb[1] = np.inf
-    tamis.scan({"embeddings": emb, "ids": np.array(["a", "b", "c", "d"])}, device="cpu", out=tmp_path / "a")
+    tamis.scan({"embeddings": emb, "ids": np.array(["a", "b", "c", "d"])}, device="cpu", out=tmp_path / "a",
+               checks=["invalid"])
     assert (tmp_path / "a" / "exclude.txt").read_text() == "b\n"
-    tamis.scan(emb, device="cpu", out=tmp_path / "b")
+    tamis.scan(emb, device="cpu", out=tmp_path / "b", checks=["invalid"])
     assert (tmp_path / "b" / "exclude.txt").read_text() == "1\n"
 
 

@@ -37,8 +37,10 @@ class RunContext:
     """Everything one scan shares between its checks."""
 
     def __init__(self, store: Store, backend: Backend, *, precision: str = "float32",
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, options: dict | None = None):
         self.store = store
+        #: scan-level settings shared by several checks (e.g. the duplicate threshold)
+        self.options = {"threshold": 0.95, "pair_engine": "auto", "k": None, "knn_engine": "auto", **(options or {})}
         self.backend = backend
         self.xp = backend.xp
         self.precision = precision
@@ -130,6 +132,13 @@ class RunContext:
         if not valid.all():
             log.info("%d of %d rows have unusable embeddings (NaN, inf or all zeros)", n - len(rows), n)
         return valid, out
+
+    def describe_rows(self, rows: np.ndarray) -> dict[str, pa.Array]:
+        """``id`` and ``path`` of ``rows`` (the row number where the store has no ids; null paths)."""
+        take = pa.array(np.asarray(rows, dtype=np.int64))
+        ids = self.store.ids.take(take) if self.store.ids is not None else take
+        paths = self.store.paths.take(take) if self.store.paths is not None else pa.nulls(len(take), pa.string())
+        return {"id": ids, "path": paths}
 
     # ------------------------------------------------------------------ labels and splits
     @property

@@ -22,8 +22,11 @@ class Interval:
     low: float | None
     high: float | None
     closed: str = "both"  # "both", "left", "right", "neither"
+    none_ok: bool = False  # None stands for "the scan's setting"
 
     def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.none_ok
         if isinstance(value, bool):
             return False
         if self.kind is int and not isinstance(value, numbers.Integral):
@@ -43,7 +46,8 @@ class Interval:
         right = "]" if self.closed in ("both", "right") else ")"
         low = "-inf" if self.low is None else self.low
         high = "inf" if self.high is None else self.high
-        return f"{'an integer' if self.kind is int else 'a number'} in {left}{low}, {high}{right}"
+        text = f"{'an integer' if self.kind is int else 'a number'} in {left}{low}, {high}{right}"
+        return text + " (or None)" if self.none_ok else text
 
 
 @dataclass(frozen=True)

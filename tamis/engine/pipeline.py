@@ -22,7 +22,8 @@ from ..errors import ConfigError
 from .backend import DEVICES, Backend, resolve_backend
 from .checks import REGISTRY, CheckResult, make_checks
 from .context import RunContext
-from .params import Options, validate_params
+from .neighbors import largest_graph
+from .params import Interval, Options, validate_params
 from .progress import Progress
 from .readers import load_store
 from .report import Report
@@ -32,6 +33,8 @@ log = logging.getLogger("tamis")
 
 PRECISIONS = ("float32", "float16")
 PROJECTIONS = ("none",)
+PAIR_ENGINES = ("auto", "exact", "partitioned")
+KNN_ENGINES = ("auto", "exact", "approximate")
 
 
 @dataclass
@@ -43,17 +46,27 @@ class ScanConfig:
     params: dict[str, dict] = field(default_factory=dict)
     precision: str = "float32"
     projection: str = "none"
+    threshold: float = 0.95
+    pair_engine: str = "auto"
+    k: int | None = None
+    knn_engine: str = "auto"
     columns: ColumnSpec = field(default_factory=ColumnSpec)
 
     _parameter_constraints = {
         "device": Options(DEVICES),
         "precision": Options(PRECISIONS),
         "projection": Options(PROJECTIONS),
+        "threshold": Interval(float, 0, 1, closed="right"),
+        "pair_engine": Options(PAIR_ENGINES),
+        "k": Interval(int, 1, None, none_ok=True),
+        "knn_engine": Options(KNN_ENGINES),
     }
 
     def validate(self) -> "ScanConfig":
         validate_params("scan", {"device": self.device, "precision": self.precision,
-                                 "projection": self.projection}, self._parameter_constraints)
+                                 "projection": self.projection, "threshold": self.threshold,
+                                 "pair_engine": self.pair_engine, "k": self.k, "knn_engine": self.knn_engine},
+                        self._parameter_constraints)
         if self.checks is not None and not self.checks:
             raise ConfigError("checks=[] names no check; leave it out to run every check that applies")
         return self
@@ -66,6 +79,7 @@ class ScanConfig:
 
 def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str, dict] | None = None,
          device: str | Backend = "auto", precision: str = "float32", projection: str = "none",
+         threshold: float = 0.95, pair_engine: str = "auto", k: int | None = None, knn_engine: str = "auto",
          columns: ColumnSpec | dict | None = None, progress: bool = False,
          out: str | None = None) -> Report:
     """Scan an embedding store and return a :class:`~tamis.engine.report.Report`.
@@ -79,6 +93,13 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     device : "auto" (GPU when usable, else CPU), "cpu" or "gpu".
     precision : "float32", or "float16" to halve the memory of the normalised matrix.
     projection : "none" (projections come with a later release).
+    threshold : cosine similarity at or above which two rows are near duplicates; the default of
+        every duplicate-family check's own ``threshold`` parameter.
+    pair_engine : "auto", "exact" (blocked all-pairs) or "partitioned" (k-means buckets) for
+        the duplicate family's pair search.
+    k : neighbours per row in the shared neighbour graph (label errors, outliers, split shift);
+        default 10, lowered to (valid rows - 1) for tiny stores. An explicit k >= valid rows is an error.
+    knn_engine : "auto", "exact" or "approximate" for the neighbour graph.
     columns : which column holds what (a :class:`ColumnSpec` or a dict with its fields).
     progress : show progress bars on stderr.
     out : when given, the report is also saved into this folder.
@@ -94,6 +115,7 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
         columns = ColumnSpec(**columns)
     config = ScanConfig(device=device if isinstance(device, str) else device.name, checks=checks,
                         params=dict(params or {}), precision=precision, projection=projection,
+                        threshold=threshold, pair_engine=pair_engine, k=k, knn_engine=knn_engine,
                         columns=columns or ColumnSpec()).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
     backend = resolve_backend(device)
@@ -105,20 +127,22 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
 
     runnable, skipped = [], []
     for check in selected:
-        missing = check.missing_inputs(store.available)
-        if not missing:
+        reason = check.skip_reason(store.available)
+        if reason is None:
             runnable.append(check)
             continue
-        reason = f"needs {', '.join(missing)}, which the store does not have"
         if config.checks is not None:
-            raise ConfigError(f"check {check.name!r} {reason}; name the column "
-                              f"(--{_col_option(missing[0])}) or leave the check out")
+            missing = check.missing_inputs(store.available)
+            fix = f"name the column (--{_col_option(missing[0].split(' or ')[0])})" if missing else "set it"
+            raise ConfigError(f"check {check.name!r} {reason}; {fix} or leave the check out")
         skipped.append({"check": check.name, "reason": reason})
         log.info("skipping %s: %s", check.name, reason)
 
     results: dict[str, CheckResult] = {}
     with Progress(enabled=progress) as bars:
-        ctx = RunContext(store, backend, precision=config.precision, progress=bars)
+        ctx = RunContext(store, backend, precision=config.precision, progress=bars,
+                         options={"threshold": config.threshold, "pair_engine": config.pair_engine,
+                                  "k": config.k, "knn_engine": config.knn_engine})
         if store.embeddings is not None:
             with ctx.timed("normalise"):
                 ctx.valid  # noqa: B018 - build the normalised matrix once, timed on its own
@@ -130,6 +154,9 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
 
     timings["total"] = time.perf_counter() - started  # the scan itself; writing is timed apart
     report = _assemble(store, ctx, config, backend, runnable, skipped, results, timings)
+    graph = largest_graph(ctx)
+    if graph is not None:
+        report.knn = (ctx.valid_rows, ctx.valid_rows[graph[0]], graph[1])
     if out is not None:
         t0 = time.perf_counter()
         report.save(out)
@@ -162,7 +189,8 @@ def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backen
         columns[check.issue_column()] = pa.array(np.asarray(result.flags, dtype=bool))
         columns[check.score_column()] = pa.array(np.asarray(result.scores, dtype=np.float64), from_pandas=True)
         for name, values in result.columns.items():
-            columns[name] = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+            columns[name] = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else \
+                pa.array(values, from_pandas=True)  # NaN (not scored) -> null, as for scores
         for name, table in result.tables.items():
             if name in tables or name in ("samples", "exclude", "summary"):
                 raise RuntimeError(f"check {check.name!r} reports table {name!r}, a name already taken")

@@ -39,6 +39,7 @@ ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "ids": ("id", ("ids", "id", "sample_id", "sample_ids", "uid", "uuid")),
     "pred_probs": ("pred_probs", ("pred_probs", "pred_prob", "probs", "probabilities",
                                   "predicted_probs", "predictions")),
+    "quality": ("quality", ("quality", "quality_score")),
 }
 MATRIX_INPUTS = ("embeddings", "pred_probs")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -203,12 +204,12 @@ def _from_columns(cols: dict[str, Any], spec: ColumnSpec, src: str) -> Store:
         if name in MATRIX_INPUTS:
             values[name] = _as_matrix(cols[col], col, src)
         else:
-            values[name] = _as_vector(cols[col], col, src)
+            values[name] = _as_vector(cols[col], col, src, numeric=name == "quality")
     return Store(**values, source=src, columns=chosen)
 
 
-def _as_vector(value: Any, col: str, src: str) -> pa.Array:
-    """One descriptive column (labels, paths, split, ids) as a pyarrow array."""
+def _as_vector(value: Any, col: str, src: str, numeric: bool = False) -> pa.Array:
+    """One descriptive column (labels, paths, split, ids; quality when ``numeric``) as a pyarrow array."""
     if isinstance(value, pa.ChunkedArray):
         value = value.combine_chunks()
     if not isinstance(value, pa.Array):
@@ -226,6 +227,8 @@ def _as_vector(value: Any, col: str, src: str) -> pa.Array:
             value = pa.array(arr)
     if pa.types.is_dictionary(value.type):
         value = value.dictionary_decode()
+    if numeric:
+        return value
     if pa.types.is_floating(value.type):
         floats = value.to_numpy(zero_copy_only=False)
         finite = floats[np.isfinite(floats)]

@@ -10,7 +10,8 @@ Files (the public contract, pinned in ``tests/test_outputs.py``):
 - ``exclude.txt``: one path per line (the id where there is no path): what the keep
   policy drops, for a training job to filter on; ``exclude.parquet``: ``row``, ``id``,
   ``path``, ``reason``, ``score``;
-- ``<table>.parquet``: each table a check reports (e.g. ``class_counts.parquet``).
+- ``<table>.parquet``: each table a check reports (e.g. ``class_counts.parquet``);
+- ``knn.npz``: the neighbour graph, when a check built one (indices are input rows).
 
 :meth:`Report.save` writes every file under a temporary name first and renames it into
 place, ``summary.json`` last, so a folder holding a ``summary.json`` holds a whole report.
@@ -44,6 +45,8 @@ class Report:
     summary: dict
     exclusions: pa.Table
     tables: dict[str, pa.Table] = field(default_factory=dict)
+    #: the run's neighbour graph in input rows: (rows, indices, similarities), or None
+    knn: tuple | None = None
 
     # ------------------------------------------------------------------ reading
     @property
@@ -85,6 +88,12 @@ class Report:
             for name, table in self.tables.items():
                 write_parquet(stage / f"{name}.parquet", table)
                 names.append(f"{name}.parquet")
+            if self.knn is not None:
+                from .knn import KNN_FILE, save_knn
+
+                rows, indices, sims = self.knn
+                save_knn(stage / KNN_FILE, indices, sims, rows=rows)
+                names.append(KNN_FILE)
             summary = dict(self.summary, files=list(FIXED_FILES) + names)
             write_json(stage / "summary.json", summary)
             for name in [*FIXED_FILES[:-1], *names, "summary.json"]:  # summary.json last: the commit mark
@@ -103,8 +112,13 @@ class Report:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         tables = {Path(name).stem: pq.read_table(folder / name) for name in summary.get("files", [])
                   if name.endswith(".parquet") and name not in FIXED_FILES}
+        knn = None
+        if "knn.npz" in summary.get("files", []):
+            from .knn import load_knn_rows
+
+            knn = load_knn_rows(folder / "knn.npz")
         return cls(samples=pq.read_table(folder / "samples.parquet"), summary=summary,
-                   exclusions=pq.read_table(folder / "exclude.parquet"), tables=tables)
+                   exclusions=pq.read_table(folder / "exclude.parquet"), tables=tables, knn=knn)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.counts().items())

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from ..errors import InputError
 
 #: names of the inputs a check can require
-INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs")
+INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs", "quality")
 
 #: tolerance on |sum(pred_probs row) - 1|
 PRED_PROBS_ATOL = 1e-3
@@ -35,10 +35,11 @@ class ColumnSpec:
     split: str | None = None
     id: str | None = None
     pred_probs: str | None = None
+    quality: str | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {"embedding": self.embedding, "label": self.label, "path": self.path,
-                "split": self.split, "id": self.id, "pred_probs": self.pred_probs}
+                "split": self.split, "id": self.id, "pred_probs": self.pred_probs, "quality": self.quality}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Store:
     embeddings : (N, d) float array or None, as given (not normalised)
     labels, paths, split, ids : pyarrow arrays of length N, or None
     pred_probs : (N, C) float array or None
+    quality : pyarrow array of numbers (higher = better), used by the "quality" keep policy
     source : where the store came from (a path or "memory")
     columns : input name -> the column it was read from
     """
@@ -60,12 +62,14 @@ class Store:
     split: pa.Array | None = None
     ids: pa.Array | None = None
     pred_probs: Any = None
+    quality: pa.Array | None = None
     source: str = "memory"
     columns: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
-        for value in (self.embeddings, self.pred_probs, self.labels, self.paths, self.split, self.ids):
+        for value in (self.embeddings, self.pred_probs, self.labels, self.paths, self.split, self.ids,
+                      self.quality):
             if value is not None:
                 return len(value)
         return 0
@@ -97,12 +101,16 @@ class Store:
                     f"{self._col(first)!r} has {n}; every column needs one value per row")
         if self.labels is not None:
             _check_no_nulls(self.labels, self._col("labels"), self.source)
-        for name in ("paths", "split", "ids"):
+        for name in ("paths", "split", "ids", "quality"):
             value = getattr(self, name)
             if value is not None:
                 _check_no_nulls(value, self._col(name), self.source)
         if self.pred_probs is not None:
             self._validate_pred_probs()
+        if self.quality is not None and not (pa.types.is_integer(self.quality.type)
+                                             or pa.types.is_floating(self.quality.type)):
+            raise InputError(f"{self.source}: column {self._col('quality')!r} has type {self.quality.type}; "
+                             "a quality column must hold numbers (higher = better)")
         return self
 
     def _col(self, name: str) -> str:

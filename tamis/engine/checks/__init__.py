@@ -10,10 +10,26 @@ from __future__ import annotations
 from ...errors import ConfigError
 from .base import Check, CheckResult
 from .class_imbalance import ClassImbalance
+from .conflicting_labels import ConflictingLabels
+from .exact_duplicate import ExactDuplicate
 from .invalid import InvalidEmbedding
+from .label_error import LabelError
+from .leakage import Leakage
+from .near_duplicate import NearDuplicate
+from .off_topic import OffTopic
+from .outlier import Outlier
+from .split_shift import SplitShift
 
 REGISTRY: dict[str, type[Check]] = {cls.name: cls for cls in (
     InvalidEmbedding,
+    ExactDuplicate,
+    NearDuplicate,
+    ConflictingLabels,
+    Leakage,
+    LabelError,
+    Outlier,
+    OffTopic,
+    SplitShift,
     ClassImbalance,
 )}
 

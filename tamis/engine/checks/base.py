@@ -56,6 +56,8 @@ class Check:
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    #: at least one of these inputs must be present too (e.g. embeddings or pred_probs)
+    requires_any: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
 
@@ -79,7 +81,16 @@ class Check:
         return self
 
     def missing_inputs(self, available: frozenset[str]) -> list[str]:
-        return [name for name in self.requires if name not in available]
+        """Inputs this check lacks; an unmet ``requires_any`` reads as "a or b"."""
+        missing = [name for name in self.requires if name not in available]
+        if self.requires_any and not set(self.requires_any) & set(available):
+            missing.append(" or ".join(self.requires_any))
+        return missing
+
+    def skip_reason(self, available: frozenset[str]) -> str | None:
+        """Why this check cannot run on a store with ``available`` inputs, or None."""
+        missing = self.missing_inputs(available)
+        return f"needs {', '.join(missing)}, which the store does not have" if missing else None
 
     def run(self, ctx: "RunContext") -> CheckResult:
         """Validate parameters, run the check, and hold its result to the contract."""

@@ -1,0 +1,92 @@
+"""Exact duplicates: bit-identical embeddings, and the same path listed twice.
+
+Rows are hashed to 64 bits (their raw words times random odd multipliers, summed modulo
+2**64: exact integer arithmetic, the same on every device), rows that share a hash are
+compared word for word, and rows with equal paths are joined too. Each group keeps one
+member by the ``keep`` policy; the others are excluded with reason ``exact_duplicate``.
+Score: 0 for a member of a group, 1 otherwise. Memory: one (block x d) uint64 copy of
+``2**24`` words at a time besides the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..duplicates import KEEP_POLICIES, groups_of, keep_one
+from ..params import Options
+from .base import Check, CheckResult
+
+HASH_BLOCK_WORDS = 1 << 24
+
+
+class ExactDuplicate(Check):
+    name = "exact_duplicate"
+    requires = ("embeddings",)
+    description = "bit-identical embeddings, and the same path listed more than once"
+    _parameter_constraints = {"keep": Options(KEEP_POLICIES)}
+
+    def __init__(self, keep: str = "first") -> None:
+        self.keep = keep
+
+    def _run(self, ctx) -> CheckResult:
+        rows = ctx.valid_rows
+        a, b = _identical_rows(ctx, rows)
+        if ctx.store.paths is not None:
+            pa_, pb = _equal_values(ctx.store.paths)
+            both_valid = ctx.valid[pa_] & ctx.valid[pb]  # an invalid copy must never be the one kept
+            a, b = np.concatenate([a, pa_[both_valid]]), np.concatenate([b, pb[both_valid]])
+        groups = groups_of(ctx.n, a, b)
+        keep = keep_one(ctx, groups, self.keep)
+        flags = groups.group_of >= 0
+        scores = np.where(flags, 0.0, 1.0)
+        scores[~ctx.valid] = np.nan
+        flags &= ctx.valid
+        excluded = np.flatnonzero(flags & ~keep)
+        summary = {"n_groups": int(groups.n_groups), "n_rows": int(flags.sum()), "n_excluded": int(len(excluded)),
+                   "largest_group": int(groups.sizes().max()) if groups.n_groups else 0}
+        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded)
+
+
+def _identical_rows(ctx, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (first row, other row) of valid rows whose raw embeddings are bit-identical."""
+    xp = ctx.xp
+    emb = ctx.store.embeddings
+    d = emb.shape[1]
+    words_per_row = d * emb.dtype.itemsize // 4 if emb.dtype.itemsize >= 4 else d
+    rng = np.random.default_rng(0x7A315)
+    mult = xp.asarray(rng.integers(1, 2**63, size=words_per_row, dtype=np.uint64) | np.uint64(1))
+    block = max(1, HASH_BLOCK_WORDS // max(1, words_per_row))
+    hashes = np.empty(len(rows), dtype=np.uint64)
+    contiguous = len(rows) == emb.shape[0]
+    for start in range(0, len(rows), block):
+        take = rows[start:start + block]
+        part = xp.ascontiguousarray(xp.asarray(emb[start:start + len(take)] if contiguous else emb[take]))
+        words = part.view(xp.uint32) if part.dtype.itemsize >= 4 else part.view(xp.uint16)
+        hashes[start:start + len(take)] = ctx.backend.to_host((words.astype(xp.uint64) * mult).sum(axis=1))
+    order = np.argsort(hashes, kind="stable")
+    sorted_h = hashes[order]
+    same = np.flatnonzero(sorted_h[1:] == sorted_h[:-1])
+    if not len(same):
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    # candidates: consecutive rows with one hash; confirm word for word (hash collisions are possible)
+    first_of_run = np.maximum.accumulate(np.where(np.r_[True, sorted_h[1:] != sorted_h[:-1]],
+                                                  np.arange(len(sorted_h)), 0))
+    a, b = rows[order[first_of_run[same + 1]]], rows[order[same + 1]]
+    left = ctx.backend.to_host(xp.asarray(emb[a]))
+    right = ctx.backend.to_host(xp.asarray(emb[b]))
+    equal = (left.view(np.uint8).reshape(len(a), -1) == right.view(np.uint8).reshape(len(b), -1)).all(axis=1)
+    return a[equal], b[equal]
+
+
+def _equal_values(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (first row, other row) of rows holding the same value."""
+    codes = pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.argsort(codes, kind="stable")
+    sorted_c = codes[order]
+    same = np.flatnonzero(sorted_c[1:] == sorted_c[:-1])
+    first_of_run = np.maximum.accumulate(np.where(np.r_[True, sorted_c[1:] != sorted_c[:-1]],
+                                                  np.arange(len(sorted_c)), 0))
+    return order[first_of_run[same + 1]].astype(np.int64), order[same + 1].astype(np.int64)

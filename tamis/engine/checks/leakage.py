@@ -1,0 +1,82 @@
+"""Train/test leakage: near copies whose members lie in different splits.
+
+A pair at ``threshold`` (the scan's ``--threshold`` by default) across two splits is a leak.
+Of its two members, the one in the *evaluation* split is flagged: the split not named like
+a training split (``train``, ``training``, ``trn``); between two evaluation splits, the one
+named like a test split (``test``, ``testing``, ``holdout``, ``eval``), else the smaller
+split. Score: ``1 - (largest similarity to a row of another split)`` for flagged rows, 1 for
+the rest. ``exclude``: ``eval`` (default) drops the evaluation member, ``train`` the other
+member, ``none`` nothing. The summary gives, per pair of splits, the number of pairs and the
+leak rate: leaked rows of the evaluation split over its size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..duplicates import pairs_at
+from ..params import Interval, Options
+from .base import Check, CheckResult
+
+TRAIN_NAMES = ("train", "training", "trn")
+TEST_NAMES = ("test", "testing", "holdout", "eval", "evaluation")
+
+
+class Leakage(Check):
+    name = "leakage"
+    requires = ("embeddings", "split")
+    description = "near copies that cross splits (train vs val / test)"
+    _parameter_constraints = {
+        "threshold": Interval(float, 0, 1, closed="right", none_ok=True),
+        "exclude": Options(("eval", "train", "none")),
+    }
+
+    def __init__(self, threshold: float | None = None, exclude: str = "eval") -> None:
+        self.threshold = threshold
+        self.exclude = exclude
+
+    def _run(self, ctx) -> CheckResult:
+        threshold = self.threshold if self.threshold is not None else ctx.options["threshold"]
+        pairs = pairs_at(ctx, threshold)
+        codes, names = ctx.split_codes, ctx.split_names
+        sizes = np.bincount(codes[ctx.valid], minlength=len(names))
+        rank = _eval_rank(names, sizes)
+        ca, cb = codes[pairs.row_a], codes[pairs.row_b]
+        cross = ca != cb
+        a, b, sim, ca, cb = pairs.row_a[cross], pairs.row_b[cross], pairs.similarity[cross], ca[cross], cb[cross]
+        a_is_eval = rank[ca] > rank[cb]
+        eval_row = np.where(a_is_eval, a, b)
+        other_row = np.where(a_is_eval, b, a)
+
+        flags = np.zeros(ctx.n, dtype=bool)
+        flags[eval_row] = True
+        best = np.full(ctx.n, -np.inf)
+        np.maximum.at(best, eval_row, sim)
+        scores = np.where(flags, np.clip(1.0 - best, 0.0, 1.0), 1.0)
+        scores[~ctx.valid] = np.nan
+        excluded = {"eval": np.unique(eval_row), "train": np.unique(other_row),
+                    "none": np.empty(0, dtype=np.int64)}[self.exclude]
+
+        eval_split = np.where(a_is_eval, ca, cb)
+        other_split = np.where(a_is_eval, cb, ca)
+        per_pair = {}
+        for e, o in sorted(set(zip(eval_split.tolist(), other_split.tolist())), key=lambda t: (names[t[1]], names[t[0]])):
+            sel = (eval_split == e) & (other_split == o)
+            leaked = len(np.unique(eval_row[sel]))
+            per_pair[f"{names[o]}->{names[e]}"] = {"n_pairs": int(sel.sum()), "n_leaked_rows": leaked,
+                                                    "leak_rate": leaked / max(1, int(sizes[e]))}
+        summary = {"threshold": float(threshold), "n_pairs": int(len(a)), "n_rows": int(flags.sum()),
+                   "n_excluded": int(len(excluded)), "exclude": self.exclude,
+                   "evaluation_order": [str(names[i]) for i in np.argsort(rank, kind="stable")],
+                   "split_pairs": per_pair}
+        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded)
+
+
+def _eval_rank(names: list, sizes: np.ndarray) -> np.ndarray:
+    """Rank per split, higher = more of an evaluation split (the member kept out of training)."""
+    out = np.empty(len(names), dtype=np.float64)
+    for i, name in enumerate(names):
+        low = str(name).lower()
+        base = 0.0 if low in TRAIN_NAMES else 2.0 if low in TEST_NAMES else 1.0
+        out[i] = base + 1.0 / (2.0 + sizes[i])  # smaller splits rank as more evaluation-like
+    return out

@@ -1,0 +1,140 @@
+"""Near duplicates: pairs of rows with cosine similarity >= ``threshold``, grouped.
+
+Default threshold 0.95 (the scan's ``--threshold``): see the README's "Choosing the
+threshold". The pairs come from the shared pair search (:mod:`tamis.engine.duplicates`),
+groups are the connected components of the pairs, and each group keeps one member by the
+``keep`` policy (``first`` by id, most ``central``, or highest ``quality``); the others are
+excluded with reason ``near_duplicate``.
+
+Score: ``1 - (largest similarity to another row)`` for rows in a pair found at the sweep's
+lowest threshold, 1 for the rest (lower = more duplicated). ``summary.json`` holds a sweep:
+pairs and groups at 0.90 ... 0.995, so a threshold can be picked from counts.
+
+Tables: ``pairs.parquet`` (row_a, row_b, similarity, cross_split) and ``groups.parquet``
+(group_id, row, kind, keep, conflicting) at ``threshold``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ..duplicates import (KEEP_POLICIES, group_table, keep_one, max_similarity, near_groups, pairs_at,
+                          segment_label_stats)
+from ..params import Interval, Options
+from .base import Check, CheckResult
+
+SWEEP = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
+
+
+class NearDuplicate(Check):
+    name = "near_duplicate"
+    requires = ("embeddings",)
+    description = "pairs and groups of rows with cosine similarity >= threshold"
+    _parameter_constraints = {
+        "threshold": Interval(float, 0, 1, closed="right", none_ok=True),
+        "keep": Options(KEEP_POLICIES),
+        "sweep": Options((True, False)),
+    }
+
+    def __init__(self, threshold: float | None = None, keep: str = "first", sweep: bool = True) -> None:
+        self.threshold = threshold
+        self.keep = keep
+        self.sweep = sweep
+
+    def _run(self, ctx) -> CheckResult:
+        threshold = self.threshold if self.threshold is not None else ctx.options["threshold"]
+        base = min(threshold, SWEEP[0]) if self.sweep else threshold
+        every = pairs_at(ctx, base)
+        pairs = every.at(threshold)
+        groups = near_groups(ctx, threshold)
+        keep = keep_one(ctx, groups, self.keep)
+
+        flags = groups.group_of >= 0
+        best = max_similarity(ctx.n, every)
+        scores = np.where(np.isnan(best), 1.0, np.clip(1.0 - best, 0.0, 1.0))
+        scores[~ctx.valid] = np.nan
+        excluded = np.flatnonzero(flags & ~keep)
+
+        emb = ctx.store.embeddings
+        kind = _group_kinds(ctx, groups, emb)
+        conflicting = _conflicting(ctx, groups)
+        cross = _cross_split(ctx, pairs)
+        sims = pairs.similarity
+        group_sims = _group_similarity_range(groups, pairs)
+        summary = {
+            "threshold": float(threshold),
+            "n_pairs": int(len(pairs)),
+            "n_groups": int(groups.n_groups),
+            "n_rows_in_groups": int(flags.sum()),
+            "n_excluded": int(len(excluded)),
+            "largest_group": int(groups.sizes().max()) if groups.n_groups else 0,
+            "similarity": {"min": float(sims.min()), "max": float(sims.max())} if len(sims) else None,
+            "groups_similarity": group_sims,
+            "histogram": _histogram(every),
+        }
+        if self.sweep:
+            from ..duplicates import groups_of
+
+            summary["sweep"] = [{"threshold": t, "n_pairs": int(len(every.at(t))),
+                                 "n_groups": int(groups_of(ctx.n, every.at(t).row_a, every.at(t).row_b).n_groups)}
+                                for t in sorted(set(SWEEP) | {float(threshold)}) if t >= base]
+        tables = {
+            "pairs": pa.table({"row_a": pa.array(pairs.row_a, type=pa.int64()),
+                               "row_b": pa.array(pairs.row_b, type=pa.int64()),
+                               "similarity": pa.array(pairs.similarity, type=pa.float32()),
+                               "cross_split": pa.array(cross, type=pa.bool_())}),
+            "groups": group_table(groups, kind, keep, conflicting),
+        }
+        return CheckResult(flags=flags, scores=scores, summary=summary, tables=tables, exclude=excluded)
+
+
+def _group_kinds(ctx, groups, emb) -> np.ndarray:
+    """'exact' for a group whose members all hold the same embedding bits, else 'near'."""
+    if groups.n_groups == 0:
+        return np.empty(0, dtype=object)
+    host = ctx.backend.to_host(ctx.xp.asarray(emb[groups.rows]))
+    raw = np.ascontiguousarray(host).view(np.uint8).reshape(len(groups.rows), -1)
+    first = raw[np.repeat(groups.starts[:-1], groups.sizes())]
+    same = (raw == first).all(axis=1)
+    all_same = np.logical_and.reduceat(same, groups.starts[:-1])
+    return np.where(all_same, "exact", "near")
+
+
+def _conflicting(ctx, groups) -> np.ndarray:
+    """(n_groups,) True where a group's members carry two or more labels (False without labels)."""
+    if ctx.store.labels is None or groups.n_groups == 0:
+        return np.zeros(groups.n_groups, dtype=bool)
+    group_index, _, _ = segment_label_stats(groups, ctx.label_codes, len(ctx.label_names))
+    return np.bincount(group_index, minlength=groups.n_groups) >= 2
+
+
+def _cross_split(ctx, pairs) -> np.ndarray:
+    if ctx.store.split is None:
+        return np.zeros(len(pairs), dtype=bool)
+    codes = ctx.split_codes
+    return codes[pairs.row_a] != codes[pairs.row_b]
+
+
+def _group_similarity_range(groups, pairs) -> list[dict]:
+    """Min and max pair similarity inside the 20 largest groups (over the pairs found)."""
+    if groups.n_groups == 0:
+        return []
+    gid = groups.group_of[pairs.row_a]
+    order = np.argsort(-groups.sizes(), kind="stable")[:20]
+    out = []
+    for g in order:
+        inside = pairs.similarity[gid == groups.group_ids[g]]
+        out.append({"group_id": int(groups.group_ids[g]), "size": int(groups.sizes()[g]),
+                    "min_similarity": float(inside.min()), "max_similarity": float(inside.max())})
+    return out
+
+
+def _histogram(pairs) -> dict:
+    """Counts of pair similarities in 0.005-wide bins from the sweep's lowest threshold to 1."""
+    lo = float(pairs.threshold)
+    edges = np.round(np.arange(lo, 1.0 + 1e-9, 0.005), 4)
+    if edges[-1] < 1.0:
+        edges = np.append(edges, 1.0)
+    counts, _ = np.histogram(np.minimum(pairs.similarity, 1.0), bins=edges)
+    return {"edges": edges.tolist(), "counts": counts.tolist()}

@@ -1,0 +1,89 @@
+"""Outliers: rows far from their nearest neighbours.
+
+A row's distance is its mean cosine distance to its k nearest neighbours (the shared
+graph, ``k`` from the scan's ``--k``, 10 by default). A row is flagged when that distance
+exceeds ``Q3 + iqr_factor x IQR`` of the distances of all valid rows (Tukey's fence; 3.0
+is his "far out"). Score: the mean similarity to the k neighbours, clipped to [0, 1]
+(lower = more isolated). With labels, a second score ``outlier_class_score`` is the
+similarity to the row's own class centroid, clipped to [0, 1]: a row far from its own class
+(the summary counts those below its class's fence). Flagged rows are excluded with reason
+``outlier``. Time: the graph, then O(N k); memory O(N k).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..neighbors import neighbours, resolve_k
+from ..params import Interval
+from .base import Check, CheckResult
+
+
+class Outlier(Check):
+    name = "outlier"
+    requires = ("embeddings",)
+    description = "rows far from their nearest neighbours (and from their own class)"
+    _parameter_constraints = {
+        "k": Interval(int, 1, None, none_ok=True),
+        "iqr_factor": Interval(float, 0, None, closed="neither"),
+    }
+
+    def __init__(self, k: int | None = None, iqr_factor: float = 3.0) -> None:
+        self.k = k
+        self.iqr_factor = iqr_factor
+
+    def _run(self, ctx) -> CheckResult:
+        k = resolve_k(ctx, self.k)
+        _, sims = neighbours(ctx, k)
+        mean_sim = sims.astype(np.float64).mean(axis=1)
+        distance = 1.0 - mean_sim
+        q1, median, q3 = np.quantile(distance, [0.25, 0.5, 0.75])
+        fence = q3 + self.iqr_factor * (q3 - q1)
+        flag_valid = distance > fence
+        flags = ctx.to_rows(flag_valid, fill=False, dtype=bool)
+        scores = ctx.to_rows(np.clip(mean_sim, 0.0, 1.0), fill=np.nan, dtype=np.float64)
+        summary = {"k": int(k), "fence_distance": float(fence), "median_distance": float(median),
+                   "iqr": float(q3 - q1), "n_outliers": int(flag_valid.sum())}
+        columns = {}
+        if ctx.store.labels is not None:
+            class_sim = _class_similarity(ctx)
+            columns["outlier_class_score"] = ctx.to_rows(np.clip(class_sim, 0.0, 1.0), fill=np.nan,
+                                                         dtype=np.float64)
+            summary["n_far_from_class"] = int(_below_class_fence(ctx, class_sim, self.iqr_factor).sum())
+        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=np.flatnonzero(flags),
+                           columns=columns)
+
+
+def _class_similarity(ctx) -> np.ndarray:
+    """Cosine similarity of each valid row to its class's mean direction (xp, blocked by class)."""
+    xp = ctx.xp
+    codes = ctx.label_codes[ctx.valid_rows]
+    emb = ctx.embeddings
+    n_classes = len(ctx.label_names)
+    codes_dev = xp.asarray(codes)
+    sums = xp.zeros((n_classes, emb.shape[1]), dtype=xp.float64)
+    block = max(256, (1 << 23) // max(n_classes, emb.shape[1]))  # one-hot and row block <= 64 MiB
+    for start in range(0, emb.shape[0], block):  # class sums without an N x C one-hot
+        part = emb[start:start + block].astype(xp.float64)
+        one_hot = xp.zeros((part.shape[0], n_classes), dtype=xp.float64)
+        one_hot[xp.arange(part.shape[0]), codes_dev[start:start + block]] = 1.0
+        sums += one_hot.T @ part
+    norms = xp.linalg.norm(sums, axis=1)
+    centroids = sums / xp.where(norms > 0, norms, 1.0)[:, None]
+    out = np.empty(emb.shape[0], dtype=np.float64)
+    for start in range(0, emb.shape[0], block):
+        part = emb[start:start + block].astype(xp.float64)
+        out[start:start + block] = ctx.backend.to_host((part * centroids[codes_dev[start:start + block]]).sum(axis=1))
+    return out
+
+
+def _below_class_fence(ctx, class_sim: np.ndarray, factor: float) -> np.ndarray:
+    codes = ctx.label_codes[ctx.valid_rows]
+    out = np.zeros(len(class_sim), dtype=bool)
+    for c in np.unique(codes):
+        sel = codes == c
+        if sel.sum() < 4:
+            continue
+        q1, q3 = np.quantile(class_sim[sel], [0.25, 0.75])
+        out[sel] = class_sim[sel] < q1 - factor * (q3 - q1)
+    return out
