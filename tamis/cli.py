@@ -78,7 +78,14 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="trusted examples per class (embeddings + labels) for the off_topic check")
     p.add_argument("--precision", choices=("float32", "float16"), default="float32",
                    help="storage of the normalised matrix (float16 halves memory)")
-    p.add_argument("--no-projection", action="store_true", help="skip the 2-D projection (none is built yet)")
+    p.add_argument("--projection", choices=("auto", "umap", "tsne", "pca", "none"), default="auto",
+                   help="map of the embeddings for report.html (default: %(default)s: UMAP when umap-learn is "
+                        "installed, else PCA)")
+    p.add_argument("--no-projection", action="store_true", help="no map (same as --projection none)")
+    p.add_argument("--projection-dims", type=int, choices=(2, 3), default=2, help="2-D or 3-D map")
+    p.add_argument("--plots", action="store_true", help="also write PNG plots (needs matplotlib)")
+    p.add_argument("--image-root", metavar="DIR",
+                   help="folder image paths are relative to, for thumbnails (default: the store's folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log each step")
     p.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
@@ -150,6 +157,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     report = scan(source, checks=args.checks, params=params, device=args.device, precision=args.precision,
                   k=args.k,
                   threshold=args.threshold, pair_engine="exact" if args.exact else "auto",
+                  projection="none" if args.no_projection else args.projection,
+                  projection_dims=args.projection_dims, plots=args.plots, image_root=args.image_root,
                   columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out)
     if not args.quiet:
         _print_summary(report, Path(args.out))
@@ -177,7 +186,7 @@ def _print_summary(report, out: Path) -> None:
     device = s["device"]
     console.print(f"excluded: {s['n_excluded']:,} rows (exclude.txt)   device: {device['backend']} "
                   f"({device['name']})   time: {s['timings']['total']:.2f} s")
-    console.print(f"report: {out.resolve()}", markup=False, highlight=False)
+    console.print(f"report: {out.resolve()}  (open report.html in a browser)", markup=False, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

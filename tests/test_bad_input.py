@@ -95,7 +95,8 @@ def test_api_raises_a_named_error(tmp_path, case):
                                   "corrupt parquet", "object array in npz", "pred_probs do not sum to 1"])
 def test_cli_exit_2_one_line_no_traceback(tmp_path, case):
     source, spec, fragments = _cases(tmp_path)[case]
-    args = [sys.executable, "-m", "tamis", "scan", str(source), "--out", str(tmp_path / "r"), "--device", "cpu"]
+    args = [sys.executable, "-m", "tamis", "scan", str(source), "--out", str(tmp_path / "r"), "--device", "cpu",
+            "--no-projection"]
     if spec is not None and spec.label:
         args += ["--label-col", spec.label]
     proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -43,16 +43,22 @@ def test_bad_param_syntax(tmp_path, capsys):
 def test_scan_writes_report_and_summary_table(tmp_path, small_columns):
     np.savez(tmp_path / "s.npz", **small_columns)
     proc = run("scan", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r"), "--device", "cpu",
-               "--param", "class_imbalance.min_fraction=0.5")
+               "--param", "class_imbalance.min_fraction=0.5", "--projection", "pca")
     assert proc.returncode == 0, proc.stderr
     assert "class_imbalance" in proc.stdout and str(tmp_path / "r") in proc.stdout
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["checks"]["class_imbalance"]["params"]["min_fraction"] == 0.5
+    assert summary["projection"]["method"] == "pca" and "report.html" in summary["files"]
+    import pyarrow.parquet as pq
+
+    samples = pq.read_table(tmp_path / "r" / "samples.parquet")
+    assert {"pca_x", "pca_y"} <= set(samples.column_names)
 
 
 def test_checks_option_and_listing(tmp_path, small_columns):
     np.savez(tmp_path / "s.npz", **small_columns)
-    assert main(["scan", str(tmp_path / "s.npz"), "--checks", "invalid", "--out", str(tmp_path / "r"), "-q"]) == 0
+    assert main(["scan", str(tmp_path / "s.npz"), "--checks", "invalid", "--out", str(tmp_path / "r"), "-q",
+                 "--no-projection"]) == 0
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["checks_run"] == ["invalid"]
     proc = run("checks")
     assert proc.returncode == 0 and "class_imbalance" in proc.stdout and "needs labels" in proc.stdout

@@ -13,7 +13,8 @@ from tamis.engine import confident
 
 def planted(n=3000, d=64, classes=10, flip=0.03, n_outliers=15, seed=0):
     rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(classes, d))
+    common = rng.normal(size=d)                      # real embeddings share a direction ("an image")
+    centers = 0.6 * common / np.linalg.norm(common) + 0.8 * rng.normal(size=(classes, d)) / np.sqrt(d)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     true = rng.integers(0, classes, n)
     emb = centers[true] + 0.6 * rng.normal(size=(n, d)) / np.sqrt(d)     # cosine to its centre ~0.85
@@ -131,8 +132,9 @@ def test_off_topic_with_references(tmp_path):
     report = tamis.scan(cols, device="cpu", checks=["off_topic"],
                         params={"off_topic": {"references": str(tmp_path / "refs.npz")}})
     found = flagged(report, "off_topic")
-    p, r = pr(found, truth["flips"] | truth["outliers"])
-    assert r >= 0.9 and p >= 0.8, (p, r)
+    p, _ = pr(found, truth["flips"] | truth["outliers"])
+    _, r = pr(found, truth["outliers"])
+    assert r >= 0.9 and p >= 0.9, (p, r)   # junk is found; flagged rows are junk or flipped
     assert report.summary["checks"]["off_topic"]["n_references"] == 50
 
 

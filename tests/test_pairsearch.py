@@ -161,6 +161,34 @@ def test_gpu_precision_plan_emulated_on_numpy(monkeypatch):
     assert_pairs_equal(exact_pairs(dyadic_rows(), 0.875), brute(dyadic_rows(), 0.875))
 
 
+def test_device_code_path_with_a_numpy_stand_in(monkeypatch):
+    """The GPU code path (float16 plan, one worker, compaction in arbitrary order, the
+    array module not being numpy) driven by a NumPy stand-in for CuPy: same pairs."""
+    import tamis.kernels.pairs as kernels
+
+    fake = types.ModuleType("cupy")
+    fake.__dict__.update({k: v for k, v in np.__dict__.items() if not k.startswith("__")})
+    rng = np.random.default_rng(0)
+
+    def unordered(S, row0, col0, cutoff, upper, xp):       # like the atomic-counter kernel
+        assert xp is fake
+        out = kernels.compact_pairs_reference(S, row0, col0, cutoff, upper, np)
+        order = rng.permutation(len(out[0]))
+        return tuple(o[order] for o in out)
+
+    monkeypatch.setattr(kernels, "_compact_pairs_cuda", unordered)
+    X = planted(700, 24, seed=8, dup_fraction=0.2)
+    want = brute(X, 0.9)
+    assert_pairs_equal(exact_pairs(X, 0.9, xp=fake), want)
+    assert_pairs_equal(exact_pairs(X, 0.9, xp=fake, block_rows=50), want)
+    assert_pairs_equal(find_pairs(X, 0.9, xp=fake), want)
+    got = partitioned_pairs(X, 0.9, xp=fake, n_buckets=6)
+    assert recall(got, want) >= 0.99
+    assert_pairs_equal(partitioned_pairs(X, 0.9, xp=fake, n_buckets=6), got)
+    assert_pairs_equal(partitioned_pairs(X, 0.9, xp=fake, n_buckets=6, probes=6,
+                                         probe_slack=1.0), want)
+
+
 def test_margins_bound_the_tile_error():
     rng = np.random.default_rng(0)
     for d in (3, 64, 512):

@@ -132,6 +132,20 @@ def find_label_issues(P: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 def disagreements(P: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """(M,) bool: rows whose given label is below its class threshold and not the most probable."""
-    given = P[np.arange(len(y)), y].astype(np.float64)
-    return (given < thresholds[y] - _TIE_TOLERANCE) & (P.max(axis=1) > given + _TIE_TOLERANCE)
+    """(M,) bool: rows outvoted with confidence.
+
+    The given label is below its class threshold, and another class is the most probable
+    and near its own typical confidence: at least its threshold minus the standard deviation
+    of ``P[i, c]`` over the rows labelled ``c``. The second condition keeps rows whose
+    evidence is split between classes (ambiguous, not mislabelled) out.
+    """
+    n_classes = P.shape[1]
+    counts = np.bincount(y, minlength=n_classes)
+    own = P[np.arange(len(y)), y].astype(np.float64)
+    mean = np.bincount(y, weights=own, minlength=n_classes) / np.maximum(counts, 1)
+    spread = np.sqrt(np.maximum(np.bincount(y, weights=own ** 2, minlength=n_classes) / np.maximum(counts, 1)
+                                - mean ** 2, 0.0))
+    best = np.argmax(P, axis=1)
+    top = P[np.arange(len(y)), best].astype(np.float64)
+    return ((own < thresholds[y] - _TIE_TOLERANCE) & (top > own + _TIE_TOLERANCE)
+            & (top >= thresholds[best] - spread[best] - _TIE_TOLERANCE))

@@ -32,7 +32,7 @@ from .store import ColumnSpec, Store
 log = logging.getLogger("tamis")
 
 PRECISIONS = ("float32", "float16")
-PROJECTIONS = ("none",)
+PROJECTIONS = ("auto", "umap", "tsne", "pca", "none")
 PAIR_ENGINES = ("auto", "exact", "partitioned")
 KNN_ENGINES = ("auto", "exact", "approximate")
 
@@ -46,6 +46,7 @@ class ScanConfig:
     params: dict[str, dict] = field(default_factory=dict)
     precision: str = "float32"
     projection: str = "none"
+    projection_dims: int = 2
     threshold: float = 0.95
     pair_engine: str = "auto"
     k: int | None = None
@@ -56,6 +57,7 @@ class ScanConfig:
         "device": Options(DEVICES),
         "precision": Options(PRECISIONS),
         "projection": Options(PROJECTIONS),
+        "projection_dims": Options((2, 3)),
         "threshold": Interval(float, 0, 1, closed="right"),
         "pair_engine": Options(PAIR_ENGINES),
         "k": Interval(int, 1, None, none_ok=True),
@@ -64,7 +66,8 @@ class ScanConfig:
 
     def validate(self) -> "ScanConfig":
         validate_params("scan", {"device": self.device, "precision": self.precision,
-                                 "projection": self.projection, "threshold": self.threshold,
+                                 "projection": self.projection, "projection_dims": self.projection_dims,
+                                 "threshold": self.threshold,
                                  "pair_engine": self.pair_engine, "k": self.k, "knn_engine": self.knn_engine},
                         self._parameter_constraints)
         if self.checks is not None and not self.checks:
@@ -79,9 +82,10 @@ class ScanConfig:
 
 def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str, dict] | None = None,
          device: str | Backend = "auto", precision: str = "float32", projection: str = "none",
+         projection_dims: int = 2,
          threshold: float = 0.95, pair_engine: str = "auto", k: int | None = None, knn_engine: str = "auto",
          columns: ColumnSpec | dict | None = None, progress: bool = False,
-         out: str | None = None) -> Report:
+         out: str | None = None, plots: bool = False, image_root: str | None = None) -> Report:
     """Scan an embedding store and return a :class:`~tamis.engine.report.Report`.
 
     Parameters
@@ -92,7 +96,10 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     params : per-check parameters, e.g. ``{"class_imbalance": {"min_fraction": 0.1}}``.
     device : "auto" (GPU when usable, else CPU), "cpu" or "gpu".
     precision : "float32", or "float16" to halve the memory of the normalised matrix.
-    projection : "none" (projections come with a later release).
+    projection : "none" (the API's default: fastest), "auto" (UMAP when umap-learn is installed,
+        else PCA, and the summary says which ran), "umap", "tsne" (openTSNE) or "pca". The
+        coordinates become the ``<method>_x``, ``<method>_y`` (and ``_z``) columns of samples.
+    projection_dims : 2 or 3.
     threshold : cosine similarity at or above which two rows are near duplicates; the default of
         every duplicate-family check's own ``threshold`` parameter.
     pair_engine : "auto", "exact" (blocked all-pairs) or "partitioned" (k-means buckets) for
@@ -102,7 +109,10 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     knn_engine : "auto", "exact" or "approximate" for the neighbour graph.
     columns : which column holds what (a :class:`ColumnSpec` or a dict with its fields).
     progress : show progress bars on stderr.
-    out : when given, the report is also saved into this folder.
+    out : when given, the report is also saved into this folder (with ``report.html``).
+    plots : with ``out``, also write PNG plots (needs matplotlib).
+    image_root : with ``out``, the folder image paths are resolved against for thumbnails
+        (default: the store's folder); paths outside it are never read.
     """
     started = time.perf_counter()
     if isinstance(checks, str):
@@ -115,6 +125,7 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
         columns = ColumnSpec(**columns)
     config = ScanConfig(device=device if isinstance(device, str) else device.name, checks=checks,
                         params=dict(params or {}), precision=precision, projection=projection,
+                        projection_dims=projection_dims,
                         threshold=threshold, pair_engine=pair_engine, k=k, knn_engine=knn_engine,
                         columns=columns or ColumnSpec()).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
@@ -150,6 +161,8 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
             log.info("running %s", check.name)
             with ctx.timed(f"check:{check.name}"):
                 results[check.name] = check.run(ctx)
+        projection = _project(ctx, config) if config.projection != "none" and store.embeddings is not None \
+            else None
     timings.update(ctx.timings)
 
     timings["total"] = time.perf_counter() - started  # the scan itself; writing is timed apart
@@ -157,11 +170,32 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     graph = largest_graph(ctx)
     if graph is not None:
         report.knn = (ctx.valid_rows, ctx.valid_rows[graph[0]], graph[1])
+    if projection is not None:
+        coords, info = projection
+        report.summary["projection"] = info
+        for axis, name in enumerate("xyz"[:coords.shape[1]]):
+            report.samples = report.samples.append_column(
+                f"{info['method']}_{name}", pa.array(ctx.to_rows(coords[:, axis].astype(np.float64)), from_pandas=True))
     if out is not None:
         t0 = time.perf_counter()
-        report.save(out)
+        report.save(out, plots=plots, image_root=image_root)
         report.summary["timings"]["write"] = time.perf_counter() - t0
     return report
+
+
+def _project(ctx: RunContext, config: ScanConfig) -> tuple[np.ndarray, dict]:
+    """Map coordinates of the valid rows, from the run's neighbour graph where one was built."""
+    from .projection import project, project_or_fallback
+
+    graph = largest_graph(ctx)
+    knn = None if graph is None else (graph[0], np.clip(1.0 - graph[1], 0.0, None))
+    options = dict(dims=config.projection_dims, knn=knn, xp=ctx.xp, seed=0)
+    with ctx.timed("projection"):
+        if config.projection == "auto":
+            return project_or_fallback(ctx.embeddings, method="umap", **options)
+        coords = project(ctx.embeddings, method=config.projection, **options)
+    return coords, {"requested": config.projection, "method": config.projection, "dims": config.projection_dims,
+                    "n_points": int(coords.shape[0])}
 
 
 def _col_option(inp: str) -> str:

@@ -72,8 +72,13 @@ class Report:
         return pc.if_else(pc.is_null(paths), ids, paths).to_pylist()
 
     # ------------------------------------------------------------------ writing
-    def save(self, out: str | os.PathLike) -> Path:
-        """Write the report into folder ``out`` (created if needed); return its path."""
+    def save(self, out: str | os.PathLike, *, html: bool = True, plots: bool = False,
+             image_root: str | os.PathLike | None = None) -> Path:
+        """Write the report into folder ``out`` (created if needed); return its path.
+
+        ``html`` writes ``report.html`` (thumbnails of images under ``image_root``, default
+        the store's folder, go to ``thumbs/``); ``plots`` writes PNG plots (needs matplotlib).
+        """
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise InputError(f"{out}: the output path is a file; give a folder for the report (--out DIR)")
@@ -94,13 +99,56 @@ class Report:
                 rows, indices, sims = self.knn
                 save_knn(stage / KNN_FILE, indices, sims, rows=rows)
                 names.append(KNN_FILE)
+            extra = []
+            if html:
+                from ..html import write_html_report
+
+                write_html_report(self, stage, coords=self.coordinates(), neighbors=self.neighbour_rows(),
+                                  image_root=self._image_root(image_root))
+                extra = [p.name for p in stage.iterdir() if p.name in ("report.html", "thumbs")]
+            if plots:
+                from ..plots import write_plots
+
+                extra += [p.name for p in write_plots(self, stage, coords=self.coordinates())]
+            names += sorted(extra)
             summary = dict(self.summary, files=list(FIXED_FILES) + names)
             write_json(stage / "summary.json", summary)
             for name in [*FIXED_FILES[:-1], *names, "summary.json"]:  # summary.json last: the commit mark
+                if (stage / name).is_dir():
+                    shutil.rmtree(out / name, ignore_errors=True)
                 os.replace(stage / name, out / name)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return out
+
+    def coordinates(self) -> "np.ndarray | None":
+        """(N, 2 or 3) map coordinates from the samples' projection columns (NaN where none)."""
+        import numpy as np
+
+        names = self.samples.column_names
+        for method in ("umap", "tsne", "pca"):
+            axes = [f"{method}_{a}" for a in "xyz" if f"{method}_{a}" in names]
+            if len(axes) >= 2:
+                return np.column_stack([self.samples[a].to_numpy(zero_copy_only=False).astype(np.float64)
+                                        for a in axes])
+        return None
+
+    def neighbour_rows(self) -> "np.ndarray | None":
+        """(N, k) nearest input rows of each input row from ``knn`` (-1 = none)."""
+        import numpy as np
+
+        if self.knn is None:
+            return None
+        rows, indices, _ = self.knn
+        out = np.full((self.samples.num_rows, indices.shape[1]), -1, dtype=np.int64)
+        out[rows] = indices
+        return out
+
+    def _image_root(self, given: str | os.PathLike | None) -> Path:
+        if given is not None:
+            return Path(given)
+        source = Path(str(self.summary.get("store", {}).get("source", "")))
+        return source.parent if source.name and source.exists() else Path.cwd()
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Report":

@@ -5,11 +5,12 @@ objects. Given a few trusted examples per class (``references``: a store path or
 data with embeddings and labels, e.g. ``--references refs.npz``), a row's score is its
 largest cosine similarity to its class's references, clipped to [0, 1]. A row is flagged
 when that score is below ``min_similarity``; by default (None) each class gets its own
-cutoff, halfway between how alike its references are to each other (the median, over its
-references, of the largest similarity to another of its references) and how alike the
-other classes' references are to them (the same median over the other classes'
-references): a row closer to "another class's trusted example" than to "one of its own"
-does not belong. With a single reference in a class, the other-class median is the cutoff. Rows of classes without
+cutoff: the median, over the references of the *other* classes, of their largest
+similarity to this class's references. A row less like its class's trusted examples than a
+trusted example of another class typically is does not belong. This is deliberately
+conservative: a few references never cover a class's whole variety (a stricter cutoff,
+halfway to the references' similarity among themselves, flagged 8 % of the clean demo
+digits), and rows that belong to another class are ``label_error``'s to find. Rows of classes without
 references are not scored (listed in the summary). Flagged rows are excluded with reason
 ``off_topic``. Time O(N R d) for R references, blocked; memory O(block x R).
 """
@@ -98,12 +99,10 @@ class OffTopic(Check):
             cutoffs[covered] = self.min_similarity
         else:
             rr = ctx.backend.to_host(r @ r.T).astype(np.float64)
-            np.fill_diagonal(rr, -np.inf)  # a reference never vouches for itself
             for c in np.flatnonzero(covered):
                 mine, others = ref_labels == c, ref_labels != c
-                other = float(np.median(rr[np.ix_(others, mine)].max(axis=1))) if others.any() else np.nan
-                own = float(np.median(rr[np.ix_(mine, mine)].max(axis=1))) if mine.sum() > 1 else np.nan
-                cutoffs[c] = other if np.isnan(own) else own if np.isnan(other) else (own + other) / 2
+                if others.any():
+                    cutoffs[c] = float(np.median(rr[np.ix_(others, mine)].max(axis=1)))
         cut = cutoffs[codes]
         flag_valid = ~np.isnan(best_own) & ~np.isnan(cut) & (best_own < cut)
         flags = ctx.to_rows(flag_valid, fill=False, dtype=bool)

@@ -1,0 +1,787 @@
+/* tamis report: builds the page from the JSON in #tamis-data.
+ *
+ * Every value that comes from the data (labels, ids, paths, split names) is written with
+ * textContent or as an attribute value, never parsed as HTML. The scatter draws into an
+ * ImageData buffer (one Uint32 per pixel) and keeps a pick buffer of row numbers beside it,
+ * so hovering and clicking cost one lookup whatever the number of points.
+ */
+(function () {
+  "use strict";
+
+  const D = JSON.parse(document.getElementById("tamis-data").textContent);
+
+  // ------------------------------------------------------------------ decoding
+  function bytes(s) {
+    const bin = atob(s);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
+  const f32 = (s) => (s == null ? null : new Float32Array(bytes(s).buffer));
+  const i32 = (s) => (s == null ? null : new Int32Array(bytes(s).buffer));
+  const u32 = (s) => (s == null ? null : new Uint32Array(bytes(s).buffer));
+
+  const N = D.meta.n_rows;
+  const C = D.columns;
+  const ids = C.id;
+  const paths = C.path;
+  const labelCode = i32(C.label);
+  const splitCode = i32(C.split);
+  const flags = u32(C.flags);
+  const suggested = C.suggested ? i32(C.suggested) : null;
+  const LABELS = D.labels;
+  const SPLITS = D.splits;
+  const ISSUES = D.issue_types;
+  const scores = {};
+  for (const k of Object.keys(C.scores)) scores[k] = f32(C.scores[k]);
+  const coords = D.coords ? f32(D.coords) : null;
+  const nnK = D.neighbors ? D.neighbors.k : 0;
+  const nnRows = D.neighbors ? i32(D.neighbors.rows) : null;
+  const hasThumb = new Uint8Array(N);
+  for (const r of D.thumbs) hasThumb[r] = 1;
+
+  const labelOf = (r) => (labelCode[r] >= 0 ? LABELS[labelCode[r]] : "(no label)");
+  const splitOf = (r) => (splitCode[r] >= 0 ? SPLITS[splitCode[r]] : "");
+  const idOf = (r) => (ids[r] == null ? String(r) : ids[r]);
+  const bitOf = (name) => (1 << ISSUES.indexOf(name)) >>> 0;
+  const fmt = (x, d) => (x == null || Number.isNaN(x) ? "—" : Number(x).toFixed(d));
+  const fmtInt = (x) => Number(x).toLocaleString("en-US");
+  const thumbSrc = (r) => "thumbs/" + (r | 0) + ".jpg";
+
+  // ------------------------------------------------------------------ DOM helper
+  function h(tag, props, ...kids) {
+    const e = document.createElement(tag);
+    if (props) {
+      for (const k of Object.keys(props)) {
+        const v = props[k];
+        if (v == null) continue;
+        if (k === "class") e.className = v;
+        else if (k === "text") e.textContent = v;
+        else if (k === "style") e.style.cssText = v;  // CSSOM: allowed by the page's style-src hash policy
+        else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+        else e.setAttribute(k, v);
+      }
+    }
+    for (const c of kids) if (c != null) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    return e;
+  }
+
+  // ------------------------------------------------------------------ colours
+  const TAB20 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+    "#c7c7c7", "#dbdb8d", "#9edae5"];
+  const ISSUE_COLORS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#1f77b4",
+    "#2ca02c", "#7f7f7f"];
+  const CLEAN = "#c4c9d4";
+  function hexRgb(hex) { const v = parseInt(hex.slice(1), 16); return [(v >> 16) & 255, (v >> 8) & 255, v & 255]; }
+  function hslRgb(hh, s, l) {
+    const a = s * Math.min(l, 1 - l);
+    const f = (n) => { const k = (n + hh / 30) % 12; return Math.round(255 * (l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1)))); };
+    return [f(0), f(8), f(4)];
+  }
+  const pack = (rgb) => ((255 << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0;
+  const css = (rgb) => "rgb(" + rgb[0] + "," + rgb[1] + "," + rgb[2] + ")";
+  function labelRgb(code) {
+    if (code < 0) return hexRgb(CLEAN);
+    if (code < TAB20.length) return hexRgb(TAB20[code]);
+    return hslRgb((code * 137.508) % 360, 0.55, 0.5);
+  }
+  const issueRgb = (i) => (i < ISSUE_COLORS.length ? hexRgb(ISSUE_COLORS[i]) : hslRgb((i * 97) % 360, 0.7, 0.45));
+
+  // ------------------------------------------------------------------ exclusion selection
+  const STORE_KEY = "tamis-exclude:" + D.meta.key;
+  const excluded = new Set(loadSelection());
+  const exclButtons = new Set();
+  function loadSelection() {
+    try {
+      const v = JSON.parse(window.localStorage.getItem(STORE_KEY) || "[]");
+      return Array.isArray(v) ? v.filter((r) => Number.isInteger(r) && r >= 0 && r < N) : [];
+    } catch (e) { return []; }
+  }
+  function saveSelection() {
+    try { window.localStorage.setItem(STORE_KEY, JSON.stringify(Array.from(excluded))); } catch (e) { /* private mode */ }
+  }
+  function setExcluded(rows, on) {
+    for (const r of rows) { if (on) excluded.add(r); else excluded.delete(r); }
+    saveSelection();
+    refreshSelection();
+  }
+  function excludeButton(rows, label, card) {
+    const b = h("button", { class: "exclude", type: "button" });
+    b._rows = rows; b._label = label || "Exclude"; b._card = card || null;
+    b.addEventListener("click", (ev) => {
+      ev.stopPropagation();
+      setExcluded(rows, !rows.every((r) => excluded.has(r)));
+    });
+    exclButtons.add(b);
+    paintButton(b);
+    return b;
+  }
+  function paintButton(b) {
+    const on = b._rows.length > 0 && b._rows.every((r) => excluded.has(r));
+    b.classList.toggle("on", on);
+    b.textContent = on ? "Excluded \u2713" : b._label;
+    b.title = on ? "click to keep again" : "add to exclude.txt";
+    if (b._card) b._card.classList.toggle("excluded", on);
+  }
+  function refreshSelection() {
+    selCount.textContent = "Excluded: " + fmtInt(excluded.size);
+    for (const b of exclButtons) {
+      if (!b.isConnected) { exclButtons.delete(b); continue; }
+      paintButton(b);
+    }
+  }
+  function excludeLines() {
+    return Array.from(excluded).sort((a, b) => a - b).map((r) => (paths[r] != null ? paths[r] : idOf(r)));
+  }
+  function downloadExclude() {
+    const text = excludeLines().map((l) => l + "\n").join("");
+    const url = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
+    const a = h("a", { href: url, download: "exclude.txt" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 2000);
+  }
+
+  // ------------------------------------------------------------------ page frame
+  const app = document.getElementById("app");
+  const selCount = h("span", { class: "selection", id: "selection-count" });
+  const header = h("header", { class: "top" },
+    h("h1", { text: "tamis report" }),
+    h("span", { class: "source", title: D.meta.source, text: D.meta.source }),
+    h("span", { class: "source", text: fmtInt(N) + " rows \u00b7 " + (D.meta.created_at || "") }),
+    h("span", { class: "spacer" }),
+    selCount,
+    h("button", { type: "button", id: "download-exclude", class: "primary", onclick: downloadExclude }, "Download exclude.txt"),
+    h("button", { type: "button", id: "add-tamis-exclusions", title: "add every row tamis' keep policies exclude",
+      onclick: () => setExcluded(D.exclusions, true) }, "Add tamis' exclusions (" + fmtInt(D.exclusions.length) + ")"),
+    h("button", { type: "button", id: "clear-exclude", onclick: () => setExcluded(Array.from(excluded), false) }, "Clear"));
+  const main = h("main");
+  app.append(header, main);
+
+  // ------------------------------------------------------------------ summary
+  function issuesCard() {
+    const tbody = h("tbody");
+    const entries = Object.entries(D.summary.issues);
+    for (const [name, count] of entries) {
+      const frac = N ? count / N : 0;
+      tbody.append(h("tr", null, h("td", { text: name }), h("td", { class: "num", text: fmtInt(count) }),
+        h("td", null, h("span", { class: "bar bad", style: "width:" + Math.max(count ? 2 : 0, Math.round(frac * 160)) + "px" }),
+          (100 * frac).toFixed(1) + "%")));
+    }
+    const card = h("div", null, h("h2", { text: "Issues" }),
+      h("table", { class: "data", id: "issue-counts" },
+        h("thead", null, h("tr", null, h("th", { text: "issue" }), h("th", { class: "num", text: "rows" }), h("th", { text: "share" }))),
+        tbody));
+    card.append(h("p", { class: "note", text: fmtInt(D.summary.n_excluded) + " rows on tamis' exclusion list." }));
+    for (const s of D.summary.checks_skipped) card.append(h("p", { class: "note", text: "skipped " + s.check + ": " + s.reason }));
+    return card;
+  }
+
+  function classCard() {
+    const card = h("div", null, h("h2", { text: "Classes per split" }));
+    const cc = D.class_counts;
+    if (!cc || !cc.length) { card.append(h("p", { class: "muted", text: "No labels in this store." })); return card; }
+    const splitNames = [];
+    for (const r of cc) if (!splitNames.includes(r.split)) splitNames.push(r.split);
+    splitNames.sort((a, b) => (a == null ? -1 : b == null ? 1 : String(a).localeCompare(String(b))));
+    const byLabel = new Map();
+    for (const r of cc) {
+      if (!byLabel.has(r.label)) byLabel.set(r.label, {});
+      byLabel.get(r.label)[r.split == null ? "" : "s:" + r.split] = r;
+    }
+    const whole = (l) => { const c = byLabel.get(l)[""] || {}; return c.count || 0; };
+    const labels = Array.from(byLabel.keys()).sort((a, b) => whole(b) - whole(a));
+    const headRow = h("tr", null, h("th", { text: "label" }));
+    for (const s of splitNames) headRow.append(h("th", { class: "num", text: s == null ? "all" : s }));
+    const tbody = h("tbody");
+    const table = h("table", { class: "data", id: "class-counts" }, h("thead", null, headRow), tbody);
+    let shown = 0;
+    const more = h("button", { type: "button", class: "more" });
+    function next() {
+      const end = Math.min(labels.length, shown + 50);
+      for (; shown < end; shown++) {
+        const l = labels[shown];
+        const rowCells = byLabel.get(l);
+        const tr = h("tr", null, h("td", { text: l == null ? "(null)" : l }));
+        for (const s of splitNames) {
+          const c = rowCells[s == null ? "" : "s:" + s];
+          const td = h("td", { class: "num" });
+          if (c) {
+            td.append(fmtInt(c.count) + " (" + (100 * (c.fraction || 0)).toFixed(1) + "%)");
+            if (c.is_rare) { td.classList.add("rare"); td.title = "rare class"; }
+          }
+          tr.append(td);
+        }
+        tbody.append(tr);
+      }
+      more.textContent = "Show all " + fmtInt(labels.length) + " classes";
+      more.style.display = shown < labels.length ? "" : "none";
+    }
+    more.addEventListener("click", () => { while (shown < labels.length) next(); });
+    next();
+    card.append(h("div", { class: "scroll" }, table), more);
+    return card;
+  }
+
+  function histogramCard() {
+    const card = h("div", null, h("h2", { text: "Near-duplicate similarity" }));
+    const hist = D.histogram;
+    if (!hist || !hist.counts.length) {
+      card.append(h("p", { class: "muted", text: "No near-duplicate search in this report." }));
+      return card;
+    }
+    const canvas = h("canvas", { class: "hist", id: "similarity-histogram" });
+    card.append(canvas, h("p", { class: "note", text: "Pairs per cosine-similarity bin (log scale); red line: the threshold (" +
+      fmt(hist.threshold, 3) + "). Pairs at or above it are near duplicates." }));
+    const draw = () => drawHistogram(canvas, hist);
+    new ResizeObserver(draw).observe(canvas);
+    return card;
+  }
+
+  function drawHistogram(canvas, hist) {
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth, hh = canvas.clientHeight;
+    if (!w || !hh) return;
+    canvas.width = Math.round(w * dpr); canvas.height = Math.round(hh * dpr);
+    const g = canvas.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, hh);
+    const L = 46, R = 10, T = 10, B = 26;
+    const e = hist.edges, c = hist.counts;
+    const x0 = e[0], x1 = e[e.length - 1];
+    const ymax = Math.log10(1 + Math.max(1, ...c));
+    const X = (v) => L + ((v - x0) / (x1 - x0 || 1)) * (w - L - R);
+    const Y = (v) => hh - B - (Math.log10(1 + v) / ymax) * (hh - T - B);
+    g.fillStyle = "#2f6fdf";
+    for (let i = 0; i < c.length; i++) {
+      if (!c[i]) continue;
+      const xa = X(e[i]), xb = X(e[i + 1]);
+      g.fillRect(xa + 0.5, Y(c[i]), Math.max(1, xb - xa - 1), hh - B - Y(c[i]));
+    }
+    g.strokeStyle = "#667085"; g.fillStyle = "#667085"; g.font = "11px system-ui, sans-serif"; g.lineWidth = 1;
+    g.beginPath(); g.moveTo(L, hh - B + 0.5); g.lineTo(w - R, hh - B + 0.5); g.moveTo(L - 0.5, T); g.lineTo(L - 0.5, hh - B); g.stroke();
+    const span = x1 - x0, step = span > 0.06 ? 0.02 : span > 0.03 ? 0.01 : 0.005;
+    g.textAlign = "center";
+    for (let v = Math.ceil(x0 / step) * step; v <= x1 + 1e-9; v += step) g.fillText(v.toFixed(3), X(v), hh - 8);
+    g.textAlign = "right";
+    for (let p = 0; Math.pow(10, p) <= Math.max(...c); p++) g.fillText(fmtInt(Math.pow(10, p)), L - 5, Y(Math.pow(10, p)) + 4);
+    if (hist.threshold != null) {
+      const xt = X(hist.threshold);
+      g.strokeStyle = "#c8372d"; g.setLineDash([4, 3]); g.beginPath(); g.moveTo(xt, T); g.lineTo(xt, hh - B); g.stroke(); g.setLineDash([]);
+      g.fillStyle = "#c8372d"; g.textAlign = xt > w / 2 ? "right" : "left";
+      g.fillText("threshold " + fmt(hist.threshold, 3), xt + (xt > w / 2 ? -4 : 4), T + 10);
+    }
+  }
+
+  main.append(h("section", { id: "summary" }, h("div", { class: "grid" }, issuesCard(), classCard(), histogramCard())));
+
+  // ------------------------------------------------------------------ scatter
+  const MAX_DRAW = 3000000;          // more visible points than this: draw a regular subset, and say so
+  const FRAME_BUDGET_MS = 30;        // while panning/zooming, thin out when a full frame takes longer
+  const S = {
+    W: 0, H: 0, dpr: 1, scale: 1, cx: 0, cy: 0, img: null, buf: null, pick: null, colors: new Uint32Array(N),
+    colorBy: "label", enabled: 0xffffffff >>> 0, showClean: true, selected: -1, hover: -1,
+    interacting: false, lastFullMs: 0, drawn: 0, stride: 1, pending: false, pendingFull: false, idleTimer: 0,
+    bounds: null, n: 0, clean: null, flagged: null,
+  };
+  const scatterSection = h("section", { id: "projection" });
+  main.append(scatterSection);
+  const wrap = h("div", { class: "scatter-wrap" });
+  const canvas = h("canvas", { id: "scatter", "aria-label": "projection of the samples" });
+  const tooltip = h("div", { class: "tooltip", id: "scatter-tooltip" });
+  const statusEl = h("span", { class: "muted", id: "scatter-status" });
+  const legend = h("div", { class: "legend", id: "scatter-legend" });
+  const g2 = canvas.getContext("2d");
+
+  function buildScatter() {
+    const proj = D.meta.projection || {};
+    const title = "Projection" + (proj.method ? " (" + proj.method.toUpperCase() + ")" : "");
+    scatterSection.append(h("h2", { text: title }));
+    if (!coords) {
+      scatterSection.append(h("p", { class: "muted", text: "No projection in this report (scan with --projection umap, tsne or pca)." }));
+      return;
+    }
+    if (proj.fallback_reason) scatterSection.append(h("p", { class: "note warn", text: "PCA was used: " + proj.fallback_reason }));
+    if (proj.dims === 3) scatterSection.append(h("p", { class: "note", text: "3-D projection: the first two axes are drawn." }));
+    // rows with a point, flagged ones drawn last so issues stay visible
+    let nClean = 0, nFlag = 0;
+    let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
+    for (let r = 0; r < N; r++) {
+      const x = coords[2 * r], y = coords[2 * r + 1];
+      if (!(x === x && y === y)) continue;
+      if (x < minX) minX = x; if (x > maxX) maxX = x; if (y < minY) minY = y; if (y > maxY) maxY = y;
+      if (flags[r]) nFlag++; else nClean++;
+    }
+    S.clean = new Int32Array(nClean); S.flagged = new Int32Array(nFlag);
+    let a = 0, b = 0;
+    for (let r = 0; r < N; r++) {
+      const x = coords[2 * r];
+      if (!(x === x && coords[2 * r + 1] === coords[2 * r + 1])) continue;
+      if (flags[r]) S.flagged[b++] = r; else S.clean[a++] = r;
+    }
+    S.n = nClean + nFlag;
+    if (!S.n) { scatterSection.append(h("p", { class: "muted", text: "No row has a point on the map." })); return; }
+    S.bounds = [minX, maxX, minY, maxY];
+
+    const colorSel = h("select", { id: "color-by" },
+      h("option", { value: "label" }, "label"), h("option", { value: "issue" }, "issue type"));
+    colorSel.addEventListener("change", () => { S.colorBy = colorSel.value; recolor(); requestDraw(true); });
+    const tools = h("div", { class: "scatter-tools" }, h("label", null, "Colour by ", colorSel));
+    const cleanBox = h("input", { type: "checkbox", id: "toggle-clean" });
+    cleanBox.checked = true;
+    cleanBox.addEventListener("change", () => { S.showClean = cleanBox.checked; requestDraw(true); });
+    tools.append(h("label", { title: "rows no check flagged" }, cleanBox, h("span", { class: "swatch", style: "background:" + CLEAN }), "no issue"));
+    ISSUES.forEach((name, i) => {
+      const box = h("input", { type: "checkbox", id: "toggle-" + i, "data-issue": name });
+      box.checked = true;
+      box.addEventListener("change", () => {
+        S.enabled = box.checked ? (S.enabled | bitOf(name)) >>> 0 : (S.enabled & ~bitOf(name)) >>> 0;
+        requestDraw(true);
+      });
+      const count = D.summary.issues[name];
+      tools.append(h("label", null, box, h("span", { class: "swatch", style: "background:" + css(issueRgb(i)) }),
+        name + (count != null ? " (" + fmtInt(count) + ")" : "")));
+    });
+    tools.append(h("button", { type: "button", id: "reset-view", onclick: () => { fitView(); requestDraw(true); } }, "Reset view"), statusEl);
+    scatterSection.append(tools);
+    wrap.append(canvas, tooltip);
+    scatterSection.append(wrap, legend,
+      h("p", { class: "note", text: "Drag to pan, wheel to zoom, click a point for its details. Rows flagged by a check are drawn on top." }));
+    recolor();
+    new ResizeObserver(resize).observe(wrap);
+    canvas.addEventListener("pointerdown", onDown);
+    canvas.addEventListener("pointermove", onMove);
+    canvas.addEventListener("pointerup", onUp);
+    canvas.addEventListener("pointerleave", () => { if (!S.drag) setHover(-1, 0, 0); });
+    canvas.addEventListener("wheel", onWheel, { passive: false });
+  }
+
+  function recolor() {
+    const cols = S.colors;
+    legend.replaceChildren();
+    if (S.colorBy === "label") {
+      const lut = LABELS.map((_, c) => pack(labelRgb(c)));
+      const none = pack(hexRgb(CLEAN));
+      for (let r = 0; r < N; r++) cols[r] = labelCode[r] >= 0 ? lut[labelCode[r]] : none;
+      const counts = new Array(LABELS.length).fill(0);
+      for (let r = 0; r < N; r++) if (labelCode[r] >= 0) counts[labelCode[r]]++;
+      const order = counts.map((c, i) => i).filter((i) => counts[i] > 0).sort((p, q) => counts[q] - counts[p]);
+      for (const c of order.slice(0, 30)) {
+        legend.append(h("span", { title: LABELS[c] }, h("span", { class: "swatch", style: "background:" + css(labelRgb(c)) }), LABELS[c]));
+      }
+      if (order.length > 30) legend.append(h("span", { class: "muted", text: "+ " + (order.length - 30) + " more labels" }));
+    } else {
+      const lut = ISSUES.map((_, i) => pack(issueRgb(i)));
+      const clean = pack(hexRgb(CLEAN));
+      for (let r = 0; r < N; r++) {
+        const f = flags[r];
+        cols[r] = f ? lut[31 - Math.clz32(f & -f)] : clean;
+      }
+      legend.append(h("span", { class: "muted", text: "A row with several issues takes the colour of the first one listed." }));
+    }
+  }
+
+  function fitView() {
+    const [x0, x1, y0, y1] = S.bounds;
+    const sx = x1 - x0 || 1, sy = y1 - y0 || 1;
+    S.scale = Math.min(S.W / sx, S.H / sy) * 0.92;
+    S.cx = (x0 + x1) / 2; S.cy = (y0 + y1) / 2;
+  }
+
+  function resize() {
+    const dpr = Math.min(2, window.devicePixelRatio || 1);
+    const W = Math.max(1, Math.round(wrap.clientWidth * dpr)), H = Math.max(1, Math.round(wrap.clientHeight * dpr));
+    if (W === S.W && H === S.H && dpr === S.dpr) return;
+    const first = !S.img;
+    if (!first) S.scale *= dpr / S.dpr;
+    S.W = W; S.H = H; S.dpr = dpr;
+    canvas.width = W; canvas.height = H;
+    S.img = g2.createImageData(W, H);
+    S.buf = new Uint32Array(S.img.data.buffer);
+    S.pick = new Int32Array(W * H);
+    if (first) fitView();
+    draw(true);
+  }
+
+  function pointSize() {
+    const base = S.n <= 10000 ? 5 : S.n <= 100000 ? 3 : 2;
+    return Math.max(1, Math.round(base * S.dpr));
+  }
+
+  function requestDraw(full) {
+    S.pendingFull = S.pendingFull || full;
+    if (S.pending) return;
+    S.pending = true;
+    requestAnimationFrame(() => { S.pending = false; const f = S.pendingFull; S.pendingFull = false; draw(f); });
+  }
+
+  function draw(full) {
+    if (!S.img) return;
+    const t0 = performance.now();
+    const W = S.W, H = S.H, buf = S.buf, pick = S.pick, cols = S.colors;
+    buf.fill(0xffffffff);
+    pick.fill(-1);
+    const visible = S.n;
+    let stride = Math.max(1, Math.ceil(visible / MAX_DRAW));
+    if (!full && S.lastFullMs > FRAME_BUDGET_MS) stride = Math.max(stride, Math.ceil(S.lastFullMs / FRAME_BUDGET_MS));
+    const sz = pointSize(), half = sz >> 1, sc = S.scale, cx = S.cx, cy = S.cy, W2 = W / 2, H2 = H / 2;
+    const enabled = S.enabled | 0, showClean = S.showClean;
+    let drawn = 0;
+    for (const list of [S.clean, S.flagged]) {
+      for (let j = 0; j < list.length; j += stride) {
+        const r = list[j];
+        const f = flags[r] | 0;
+        if (f === 0 ? !showClean : (f & enabled) === 0) continue;
+        const x0 = Math.floor((coords[2 * r] - cx) * sc + W2) - half;
+        const y0 = Math.floor(H2 - (coords[2 * r + 1] - cy) * sc) - half;
+        if (x0 >= W || y0 >= H || x0 + sz <= 0 || y0 + sz <= 0) continue;
+        const c = cols[r];
+        const xa = Math.max(0, x0), xb = Math.min(W, x0 + sz), ya = Math.max(0, y0), yb = Math.min(H, y0 + sz);
+        for (let y = ya; y < yb; y++) {
+          const o = y * W;
+          for (let x = xa; x < xb; x++) { buf[o + x] = c; pick[o + x] = r; }
+        }
+        drawn++;
+      }
+    }
+    g2.putImageData(S.img, 0, 0);
+    drawOverlay();
+    const ms = performance.now() - t0;
+    if (stride === 1 || full) { S.lastFullMs = ms; }
+    S.drawn = drawn; S.stride = stride;
+    let text = fmtInt(S.n) + " points";
+    if (stride > 1) text += " \u00b7 showing 1 in " + stride + (full ? " (too many to draw each)" : " while moving");
+    statusEl.textContent = text;
+  }
+
+  function toScreen(r) {
+    return [(coords[2 * r] - S.cx) * S.scale + S.W / 2, S.H / 2 - (coords[2 * r + 1] - S.cy) * S.scale];
+  }
+  function ring(r, color, radius, width) {
+    if (r < 0 || !(coords[2 * r] === coords[2 * r])) return;
+    const [x, y] = toScreen(r);
+    g2.beginPath(); g2.arc(x, y, radius * S.dpr, 0, 2 * Math.PI);
+    g2.lineWidth = width * S.dpr; g2.strokeStyle = color; g2.stroke();
+  }
+  function drawOverlay() {
+    if (S.selected >= 0 && nnRows) {
+      for (let j = 0; j < nnK; j++) { const q = nnRows[S.selected * nnK + j]; if (q >= 0) ring(q, "#ff7f0e", 5, 1.5); }
+    }
+    ring(S.selected, "#111827", 8, 2.5);
+    ring(S.hover, "#2f6fdf", 6, 1.5);
+  }
+  function redrawOverlay() { if (S.img) { g2.putImageData(S.img, 0, 0); drawOverlay(); } }
+
+  function canvasPoint(ev) {
+    const rect = canvas.getBoundingClientRect();
+    return [(ev.clientX - rect.left) * (S.W / rect.width), (ev.clientY - rect.top) * (S.H / rect.height), ev.clientX - rect.left, ev.clientY - rect.top];
+  }
+  function pickAt(px, py) {
+    const R = Math.round(4 * S.dpr);
+    const x0 = Math.round(px), y0 = Math.round(py);
+    let best = -1, bestD = Infinity;
+    for (let dy = -R; dy <= R; dy++) {
+      const y = y0 + dy;
+      if (y < 0 || y >= S.H) continue;
+      for (let dx = -R; dx <= R; dx++) {
+        const x = x0 + dx;
+        if (x < 0 || x >= S.W) continue;
+        const r = S.pick[y * S.W + x];
+        if (r >= 0) { const d = dx * dx + dy * dy; if (d < bestD) { bestD = d; best = r; } }
+      }
+    }
+    return best;
+  }
+  function setHover(r, mx, my) {
+    if (r !== S.hover) { S.hover = r; redrawOverlay(); }
+    if (r < 0) { tooltip.style.display = "none"; return; }
+    tooltip.textContent = labelOf(r) + "\n" + idOf(r);
+    tooltip.style.display = "block";
+    tooltip.style.left = Math.min(mx + 14, wrap.clientWidth - 160) + "px";
+    tooltip.style.top = (my + 14) + "px";
+  }
+  function onDown(ev) {
+    canvas.setPointerCapture(ev.pointerId);
+    S.drag = { x: ev.clientX, y: ev.clientY, moved: false };
+  }
+  function onMove(ev) {
+    const [px, py, mx, my] = canvasPoint(ev);
+    if (S.drag) {
+      const dx = ev.clientX - S.drag.x, dy = ev.clientY - S.drag.y;
+      if (!S.drag.moved && dx * dx + dy * dy < 9) return;
+      S.drag.moved = true;
+      S.drag.x = ev.clientX; S.drag.y = ev.clientY;
+      const k = S.W / canvas.getBoundingClientRect().width;
+      S.cx -= (dx * k) / S.scale; S.cy += (dy * k) / S.scale;
+      setHover(-1, 0, 0);
+      interact();
+      return;
+    }
+    setHover(pickAt(px, py), mx, my);
+  }
+  function onUp(ev) {
+    const drag = S.drag; S.drag = null;
+    if (drag && !drag.moved) {
+      const [px, py] = canvasPoint(ev);
+      const r = pickAt(px, py);
+      if (r >= 0) select(r);
+    }
+  }
+  function onWheel(ev) {
+    ev.preventDefault();
+    const [px, py] = canvasPoint(ev);
+    const dataX = S.cx + (px - S.W / 2) / S.scale, dataY = S.cy - (py - S.H / 2) / S.scale;
+    S.scale *= Math.exp(-ev.deltaY * (ev.deltaMode === 1 ? 0.05 : 0.0015));
+    S.cx = dataX - (px - S.W / 2) / S.scale; S.cy = dataY + (py - S.H / 2) / S.scale;
+    interact();
+  }
+  function interact() {
+    S.interacting = true;
+    requestDraw(false);
+    clearTimeout(S.idleTimer);
+    S.idleTimer = setTimeout(() => { S.interacting = false; requestDraw(true); }, 150);
+  }
+
+  buildScatter();
+
+  // ------------------------------------------------------------------ side panel
+  const panel = h("aside", { class: "panel", id: "sample-panel", "aria-live": "polite" });
+  document.body.append(panel);
+  function closePanel() { panel.classList.remove("open"); document.body.classList.remove("panel-open"); S.selected = -1; redrawOverlay(); }
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closePanel(); });
+
+  function select(r) {
+    S.selected = r;
+    showRow(r);
+    redrawOverlay();
+  }
+
+  function showRow(r) {
+    const kids = [];
+    kids.push(h("h3", null, h("span", { text: "Row " + r }),
+      h("button", { type: "button", title: "close (Esc)", onclick: closePanel }, "\u00d7")));
+    if (hasThumb[r]) kids.push(h("img", { class: "big", src: thumbSrc(r), alt: "" }));
+    const dl = h("dl", { id: "panel-fields" });
+    const field = (k, v, id) => dl.append(h("dt", { text: k }), h("dd", { text: v, "data-field": id }));
+    field("row", String(r), "row");
+    field("id", idOf(r), "id");
+    field("path", paths[r] == null ? "\u2014" : paths[r], "path");
+    field("label", labelOf(r), "label");
+    if (suggested && suggested[r] >= 0) field("suggested label", LABELS[suggested[r]], "suggested");
+    if (SPLITS.length) field("split", splitOf(r) || "\u2014", "split");
+    if (!(coords && coords[2 * r] === coords[2 * r])) field("map", "no point (no usable embedding or no projection)", "map");
+    kids.push(dl);
+    const fl = h("div");
+    ISSUES.forEach((name) => { if (flags[r] & bitOf(name)) fl.append(h("span", { class: "flag", text: name })); });
+    if (fl.childNodes.length) kids.push(fl);
+    const names = Object.keys(scores);
+    if (names.length) {
+      const tb = h("tbody");
+      for (const k of names) tb.append(h("tr", null, h("td", { text: k + "_score" }), h("td", { class: "num", text: fmt(scores[k][r], 4) })));
+      kids.push(h("table", { class: "data", id: "panel-scores" }, h("thead", null, h("tr", null, h("th", { text: "score" }), h("th", { class: "num", text: "value (lower = worse)" }))), tb));
+    }
+    kids.push(h("p", null, excludeButton([r], "Exclude this sample")));
+    if (nnRows) {
+      const ul = h("ul", { class: "nn", id: "panel-neighbors" });
+      for (let j = 0; j < nnK; j++) {
+        const q = nnRows[r * nnK + j];
+        if (q < 0) continue;
+        ul.append(h("li", { title: paths[q] == null ? idOf(q) : paths[q], onclick: () => select(q) },
+          "#" + q + " \u00b7 " + labelOf(q) + " \u00b7 " + idOf(q)));
+      }
+      kids.push(h("h3", { text: "Nearest neighbours" }), ul.childNodes.length ? ul : h("p", { class: "muted", text: "none" }));
+    }
+    panel.replaceChildren(...kids);
+    panel.classList.add("open");
+    document.body.classList.add("panel-open");
+    refreshSelection();
+  }
+
+  // ------------------------------------------------------------------ galleries
+  const galleries = h("section", { id: "galleries" }, h("h2", { text: "Issues, worst first" }));
+  main.append(galleries);
+  if (D.meta.thumbs_note) galleries.append(h("p", { class: "note", text: D.meta.thumbs_note }));
+  const tabs = h("div", { class: "tabs", role: "tablist" });
+  const body = h("div");
+  galleries.append(tabs, body);
+
+  function card(r, extras) {
+    const c = h("div", { class: "card", title: paths[r] == null ? idOf(r) : paths[r], "data-row": String(r) });
+    c.append(hasThumb[r] ? h("img", { class: "thumb", src: thumbSrc(r), alt: "", loading: "lazy" })
+      : h("div", { class: "nothumb", text: paths[r] == null ? "no path" : "no thumbnail" }));
+    c.append(h("div", { class: "lbl", text: labelOf(r) }), h("div", { class: "sub", text: idOf(r) }));
+    for (const x of extras || []) c.append(x);
+    c.append(excludeButton([r], "Exclude", c));
+    c.addEventListener("click", () => select(r));
+    return c;
+  }
+  const sub = (text, cls) => h("div", { class: cls || "sub", text: text });
+
+  function paged(container, items, render, size) {
+    let shown = 0;
+    const more = h("button", { type: "button", class: "more" });
+    function next() {
+      const end = Math.min(items.length, shown + (size || 60));
+      for (; shown < end; shown++) container.append(render(items[shown]));
+      more.textContent = "Show more (" + fmtInt(items.length - shown) + " left)";
+      more.style.display = shown < items.length ? "" : "none";
+      refreshSelection();
+    }
+    more.addEventListener("click", next);
+    return { more, next };
+  }
+
+  const scoreKey = (name, r) => { const s = scores[name]; const v = s ? s[r] : 0; return v === v ? v : 2; };
+
+  function flaggedRows(name) {
+    const bit = bitOf(name), rows = [];
+    for (let r = 0; r < N; r++) if (flags[r] & bit) rows.push(r);
+    rows.sort((a, b) => scoreKey(name, a) - scoreKey(name, b) || a - b);
+    return rows;
+  }
+
+  function sampleList(name, pane, extras) {
+    const rows = flaggedRows(name);
+    if (!rows.length) { pane.append(h("p", { class: "muted", text: "No rows flagged." })); return; }
+    const cards = h("div", { class: "cards" });
+    const p = paged(cards, rows, (r) => card(r, extras(r)), 120);
+    pane.append(cards, p.more);
+    p.next();
+  }
+  const scoreLine = (name) => (r) => [sub("score " + fmt(scores[name] ? scores[name][r] : NaN, 3))];
+
+  let GROUPS = null;
+  function groups() {
+    if (GROUPS || !D.groups) return GROUPS;
+    const gid = i32(D.groups.group_id), row = i32(D.groups.row), keep = bytes(D.groups.keep);
+    const exact = bytes(D.groups.exact), conf = bytes(D.groups.conflicting);
+    GROUPS = new Map();
+    for (let i = 0; i < gid.length; i++) {
+      let g = GROUPS.get(gid[i]);
+      if (!g) { g = { id: gid[i], rows: [], keep: [], exact: true, conflicting: !!conf[i] }; GROUPS.set(gid[i], g); }
+      g.rows.push(row[i]); g.keep.push(!!keep[i]); g.exact = g.exact && !!exact[i];
+    }
+    return GROUPS;
+  }
+  const groupScore = (name, g) => Math.min(...g.rows.map((r) => scoreKey(name, r)));
+
+  function groupGallery(name, pane, onlyExact) {
+    const all = groups();
+    if (!all) { sampleList(name, pane, scoreLine(name)); return; }
+    const list = Array.from(all.values()).filter((g) => !onlyExact || g.exact);
+    if (!list.length) { sampleList(name, pane, scoreLine(name)); return; }
+    list.sort((a, b) => groupScore(name, a) - groupScore(name, b) || a.id - b.id);
+    pane.append(h("p", { class: "note", text: fmtInt(list.length) + " groups; \u201cExclude copies\u201d excludes every member but the one tamis keeps." }));
+    const box = h("div");
+    const p = paged(box, list, (g) => {
+      const copies = g.rows.filter((r, i) => !g.keep[i]);
+      const head = h("div", { class: "group-head" },
+        h("strong", { text: "Group " + g.id }), h("span", { text: g.rows.length + " rows \u00b7 " + (g.exact ? "exact copies" : "near copies") }),
+        g.conflicting ? h("span", { class: "rare", text: "labels differ" }) : null,
+        excludeButton(copies.length ? copies : g.rows, "Exclude copies"));
+      const cards = h("div", { class: "cards" });
+      g.rows.forEach((r, i) => cards.append(card(r, g.keep[i] ? [sub("kept", "kept")] : [sub("score " + fmt(scores[name] ? scores[name][r] : NaN, 3))])));
+      return h("div", { class: "group", "data-group": String(g.id) }, head, cards);
+    }, 40);
+    pane.append(box, p.more);
+    p.next();
+  }
+
+  function conflictGallery(name, pane) {
+    const all = groups();
+    if (!D.conflicts || !all) { sampleList(name, pane, scoreLine(name)); return; }
+    const list = D.conflicts.filter((c) => all.has(c.group_id));
+    list.sort((a, b) => groupScore(name, all.get(a.group_id)) - groupScore(name, all.get(b.group_id)) ||
+      (b.entropy_bits || 0) - (a.entropy_bits || 0) || a.group_id - b.group_id);
+    const box = h("div");
+    const p = paged(box, list, (c) => {
+      const g = all.get(c.group_id);
+      const counts = c.label_counts.map(([l, k]) => l + " \u00d7" + k).join(", ");
+      const head = h("div", { class: "group-head" }, h("strong", { text: "Group " + c.group_id }),
+        h("span", { text: g.rows.length + " rows \u00b7 labels: " + counts }),
+        c.majority_label != null ? h("span", { class: "muted", text: "majority: " + c.majority_label }) : null,
+        excludeButton(g.rows.slice(), "Exclude group"));
+      const cards = h("div", { class: "cards" });
+      for (const r of g.rows) cards.append(card(r, [sub("own-label share " + fmt(scores[name] ? scores[name][r] : NaN, 2))]));
+      return h("div", { class: "group", "data-group": String(c.group_id) }, head, cards);
+    }, 40);
+    pane.append(box, p.more);
+    p.next();
+  }
+
+  function leakGallery(name, pane) {
+    if (!D.pairs) { sampleList(name, pane, scoreLine(name)); return; }
+    const a = i32(D.pairs.row_a), b = i32(D.pairs.row_b), sim = f32(D.pairs.similarity);
+    const idx = Array.from({ length: a.length }, (_, i) => i);
+    if (D.pairs.n_total > a.length) pane.append(h("p", { class: "note", text: "The " + fmtInt(a.length) + " most similar of " + fmtInt(D.pairs.n_total) + " cross-split pairs." }));
+    const bit = ISSUES.includes(name) ? bitOf(name) : 0;
+    const box = h("div");
+    const p = paged(box, idx, (i) => {
+      const pair = [a[i], b[i]];
+      const leaked = pair.filter((r) => flags[r] & bit);
+      const head = h("div", { class: "group-head" }, h("strong", { text: "similarity " + fmt(sim[i], 4) }),
+        h("span", { text: splitOf(a[i]) + " \u2194 " + splitOf(b[i]) }),
+        excludeButton(leaked.length ? leaked : pair, "Exclude leaked copy"));
+      const cards = h("div", { class: "cards" });
+      for (const r of pair) cards.append(card(r, [sub("split " + splitOf(r))]));
+      return h("div", { class: "group" }, head, cards);
+    }, 40);
+    pane.append(box, p.more);
+    p.next();
+  }
+
+  const GALLERY = {
+    near_duplicate: (name, pane) => groupGallery(name, pane, false),
+    exact_duplicate: (name, pane) => groupGallery(name, pane, true),
+    conflicting_labels: conflictGallery,
+    leakage: leakGallery,
+    label_error: (name, pane) => sampleList(name, pane, (r) => [
+      sub("given: " + labelOf(r)),
+      sub("suggested: " + (suggested && suggested[r] >= 0 ? LABELS[suggested[r]] : "\u2014"), "sub"),
+      sub("score " + fmt(scores[name] ? scores[name][r] : NaN, 3))]),
+  };
+
+  const panes = {};
+  function openTab(name) {
+    for (const b of tabs.children) b.classList.toggle("active", b.dataset.issue === name);
+    for (const k of Object.keys(panes)) panes[k].style.display = k === name ? "" : "none";
+    if (!panes[name]) {
+      const pane = h("div", { class: "pane", "data-issue": name });
+      panes[name] = pane;
+      body.append(pane);
+      (GALLERY[name] || ((n, p) => sampleList(n, p, (r) => scoreLine(n)(r).concat(SPLITS.length ? [sub("split " + splitOf(r))] : []))))(name, pane);
+      refreshSelection();
+    }
+  }
+  if (!ISSUES.length) galleries.append(h("p", { class: "muted", text: "No check ran." }));
+  for (const name of ISSUES) {
+    const count = D.summary.issues[name];
+    tabs.append(h("button", { type: "button", role: "tab", "data-issue": name, onclick: () => openTab(name) },
+      name + (count != null ? " (" + fmtInt(count) + ")" : "")));
+  }
+  if (ISSUES.length) openTab(ISSUES.find((n) => D.summary.issues[n] > 0) || ISSUES[0]);
+
+  refreshSelection();
+
+  // ------------------------------------------------------------------ test and automation hooks
+  window.tamisReport = {
+    pointCount: () => S.n,
+    drawnCount: () => S.drawn,
+    frameMs: () => S.lastFullMs,
+    screenPosition(r) {
+      if (!coords || !(coords[2 * r] === coords[2 * r])) return null;
+      const rect = canvas.getBoundingClientRect();
+      const [x, y] = toScreen(r);
+      return { x: rect.left + (x * rect.width) / S.W, y: rect.top + (y * rect.height) / S.H };
+    },
+    rowAt(clientX, clientY) {
+      const rect = canvas.getBoundingClientRect();
+      return pickAt((clientX - rect.left) * (S.W / rect.width), (clientY - rect.top) * (S.H / rect.height));
+    },
+    select,
+    excluded: () => Array.from(excluded).sort((a, b) => a - b),
+    excludeLines,
+  };
+})();
