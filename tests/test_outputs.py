@@ -139,3 +139,14 @@ def test_save_into_a_file_path_is_an_error(tmp_path, small_columns):
     (tmp_path / "f").write_text("x")
     with pytest.raises(tamis.InputError, match="output path is a file"):
         tamis.scan(small_columns, device="cpu", out=tmp_path / "f")
+
+
+def test_report_files_get_the_usual_permissions(tmp_path, small_columns):
+    old = os.umask(0o022)
+    try:
+        tamis.scan(small_columns, device="cpu", out=tmp_path / "out")
+    finally:
+        os.umask(old)
+    for name in os.listdir(tmp_path / "out"):
+        mode = (tmp_path / "out" / name).stat().st_mode & 0o777
+        assert mode in (0o644, 0o755), f"{name} has mode {oct(mode)}: temporary files are private until renamed"

@@ -32,9 +32,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError
-from .atomic import write_json, write_parquet, write_text
+from .atomic import default_dir_mode, write_json, write_parquet, write_text
 
 FIXED_FILES = ("samples.parquet", "exclude.parquet", "exclude.txt", "summary.json")
+
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Report:
             raise InputError(f"{out}: the output path is a file; give a folder for the report (--out DIR)")
         out.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".tamis-staging-", dir=out))
+        os.chmod(stage, default_dir_mode())  # mkdtemp makes 0700
         try:
             write_parquet(stage / "samples.parquet", self.samples)
             write_parquet(stage / "exclude.parquet", self.exclusions)

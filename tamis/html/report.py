@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._version import __version__
-from ..engine.atomic import atomic_path, write_text
+from ..engine.atomic import atomic_path, default_dir_mode, write_text
 from ..engine.projection import coords_by_row
 from ..engine.report import Report
 from ..errors import ConfigError, InputError
@@ -424,6 +424,7 @@ def _make_thumbnails(report: Report, out: Path, root: Path | None, limit: int,
     paths = report.samples["path"].to_pylist()
     order = _thumbnail_order(report)[:MAX_ATTEMPTS_PER_THUMBNAIL * limit + 1000]
     stage = Path(tempfile.mkdtemp(prefix=".thumbs-", dir=out))
+    os.chmod(stage, default_dir_mode())  # mkdtemp makes 0700; thumbs/ is served with report.html
     made: list[int] = []
     try:
         def one(row: int) -> int | None:
