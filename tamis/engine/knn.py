@@ -46,6 +46,7 @@ import numpy as np
 
 from .._optional import optional_import
 from ..errors import ConfigError, InputError
+from .atomic import default_file_mode
 from ..kernels.topk import empty_topk, merge_topk
 
 log = logging.getLogger("tamis")
@@ -622,6 +623,7 @@ def save_knn(path: str | os.PathLike, indices: Any, similarities: Any, *,
                      k=np.int64(indices.shape[1]), metric=np.str_(METRIC), **extra)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
