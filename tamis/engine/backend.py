@@ -54,12 +54,7 @@ class Backend:
 
     def to_host(self, a: Any) -> np.ndarray:
         """``a`` as a NumPy array (copies device data to the host on GPU)."""
-        if isinstance(a, np.ndarray):
-            return a
-        get = getattr(a, "get", None)
-        if get is not None:
-            return get()
-        return np.asarray(a)
+        return to_host(a)
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on CPU); used around timings."""
@@ -70,6 +65,14 @@ class Backend:
         """Return cached device blocks to the driver (a no-op on CPU)."""
         if self.is_gpu:
             self.xp.get_default_memory_pool().free_all_blocks()
+
+
+def to_host(a: Any) -> np.ndarray:
+    """``a`` (NumPy, CuPy or anything array-like) as a NumPy array; device data is copied."""
+    if isinstance(a, np.ndarray):
+        return a
+    get = getattr(a, "get", None)
+    return get() if get is not None else np.asarray(a)
 
 
 def cpu_backend() -> Backend:

@@ -47,6 +47,7 @@ import numpy as np
 from .._optional import optional_import
 from ..errors import ConfigError, InputError
 from .atomic import default_file_mode
+from .backend import to_host
 from ..kernels.topk import empty_topk, merge_topk
 
 log = logging.getLogger("tamis")
@@ -89,10 +90,6 @@ def _namespace(X: Any, xp: ModuleType | None) -> ModuleType:
         return optional_import("cupy")
     return np
 
-
-def _to_host(a: Any) -> np.ndarray:
-    get = getattr(a, "get", None)
-    return np.asarray(a) if get is None or isinstance(a, np.ndarray) else get()
 
 
 def _as_embeddings(X: Any, xp: ModuleType) -> Any:
@@ -222,7 +219,7 @@ def knn_block(Xq: Any, X: Any, row0: int | None, k: int, *, xp: ModuleType | Non
     tile_cols = max(_MIN_TILE, _check_memory(memory_bytes) // (_BYTES_PER_TILE_ELEMENT * m))
     self_ids = None if row0 is None else xp.arange(row0, row0 + m)
     best_sim, best_idx = _scan(Xq, X, self_ids, k, xp, tile_cols)
-    return _to_host(best_idx), _to_host(best_sim)
+    return to_host(best_idx), to_host(best_sim)
 
 
 def exact_knn(X: Any, k: int, *, xp: ModuleType | None = None, block_rows: int | None = None,
@@ -283,7 +280,7 @@ def exact_knn(X: Any, k: int, *, xp: ModuleType | None = None, block_rows: int |
             done += 1
             if progress is not None:
                 progress(done, total)
-    return _to_host(best_idx), _to_host(best_sim)
+    return to_host(best_idx), to_host(best_sim)
 
 
 # --------------------------------------------------------------------------- approximate
@@ -297,9 +294,9 @@ def knn_recall(indices: Any, similarities: Any, exact_similarities: Any,
     ``|found & true| / k``, and a tie with the k-th neighbour is not counted as a miss.
     ``similarities`` must be the true similarities of the returned ``indices``.
     """
-    sims = np.asarray(_to_host(similarities), dtype=np.float64)
-    exact = np.asarray(_to_host(exact_similarities), dtype=np.float64)
-    found = (np.asarray(_to_host(indices)) >= 0) & (sims >= exact[:, -1:] - atol)
+    sims = np.asarray(to_host(similarities), dtype=np.float64)
+    exact = np.asarray(to_host(exact_similarities), dtype=np.float64)
+    found = (np.asarray(to_host(indices)) >= 0) & (sims >= exact[:, -1:] - atol)
     return float(found.mean()) if found.size else 1.0
 
 
@@ -411,7 +408,7 @@ def approximate_knn(X: Any, k: int, *, xp: ModuleType | None = None,
     perm = xp.argsort(probes[:, 0], kind="stable")
     Xp, probes = X[perm], probes[perm]
     sizes = xp.bincount(probes[:, 0].astype(xp.int64), minlength=n_lists)
-    offsets = _to_host(xp.concatenate([xp.zeros(1, dtype=sizes.dtype), xp.cumsum(sizes)]))
+    offsets = to_host(xp.concatenate([xp.zeros(1, dtype=sizes.dtype), xp.cumsum(sizes)]))
     position = xp.empty(n, dtype=xp.int64)
     position[perm] = xp.arange(n)
 
@@ -421,7 +418,7 @@ def approximate_knn(X: Any, k: int, *, xp: ModuleType | None = None,
         truth_sim, _ = _scan(X[sample], X, sample, k, xp,
                              max(_MIN_TILE, memory_bytes // (_BYTES_PER_TILE_ELEMENT
                                                              * int(sample.shape[0]))))
-        truth = _to_host(truth_sim)
+        truth = to_host(truth_sim)
 
     best_sim, best_idx = empty_topk(n, k, xp)
     lo, hi = 0, (probe_max if n_probe is not None else min(4, probe_max))
@@ -442,9 +439,9 @@ def approximate_knn(X: Any, k: int, *, xp: ModuleType | None = None,
                     "using the exact search", recall, target_recall, hi)
         return exact_knn(X, k, xp=xp, memory_bytes=memory_bytes, progress=progress)
     # back to the caller's row order and row ids
-    host_position, found = _to_host(position), _to_host(best_idx)[_to_host(position)]
-    indices = np.where(found >= 0, _to_host(perm)[found], -1)
-    sims = _to_host(best_sim)[host_position]
+    host_position, found = to_host(position), to_host(best_idx)[to_host(position)]
+    indices = np.where(found >= 0, to_host(perm)[found], -1)
+    sims = to_host(best_sim)[host_position]
     return _complete_and_sort(X, indices, sims, k, xp, memory_bytes)
 
 
@@ -457,7 +454,7 @@ def _probe_lists(Xp: Any, probes: Any, offsets: np.ndarray, best_sim: Any, best_
     flat = probes.reshape(-1).astype(xp.int64)
     order = xp.argsort(flat, kind="stable")
     queries = order // p                      # grouped by list, rows ascending
-    counts = _to_host(xp.bincount(flat, minlength=n_lists))
+    counts = to_host(xp.bincount(flat, minlength=n_lists))
     starts = np.concatenate([[0], np.cumsum(counts)])
     for lst in range(n_lists):
         c0, c1 = int(offsets[lst]), int(offsets[lst + 1])
@@ -483,7 +480,7 @@ def _complete_and_sort(X: Any, indices: np.ndarray, sims: np.ndarray, k: int,
         ids = xp.asarray(short)
         tile = max(_MIN_TILE, memory_bytes // (_BYTES_PER_TILE_ELEMENT * short.size))
         s, i = _scan(X[ids], X, ids, k, xp, tile)
-        sims[short], indices[short] = _to_host(s), _to_host(i)
+        sims[short], indices[short] = to_host(s), to_host(i)
     # the permuted search broke ties by permuted position: restore index order in ties
     order = np.lexsort((indices, -sims), axis=1)
     return np.take_along_axis(indices, order, 1), np.take_along_axis(sims, order, 1)
@@ -533,7 +530,7 @@ def knn_graph(X: Any, k: int = 10, *, engine: str = "auto", xp: ModuleType | Non
 
 def _check_graph(indices: Any, similarities: Any, n: int | None = None) -> tuple[np.ndarray,
                                                                                    np.ndarray]:
-    indices, similarities = _to_host(indices), _to_host(similarities)
+    indices, similarities = to_host(indices), to_host(similarities)
     if indices.ndim != 2 or indices.shape != similarities.shape:
         raise InputError(f"indices and similarities must be two (N, k) arrays of the same "
                          f"shape, got {indices.shape} and {similarities.shape}")
@@ -605,9 +602,9 @@ def save_knn(path: str | os.PathLike, indices: Any, similarities: Any, *,
     temporary file in the same directory and moved into place, so a reader never sees a
     partial file. Returns the path written.
     """
-    rows_arr = None if rows is None else np.asarray(_to_host(rows), dtype=np.int64)
+    rows_arr = None if rows is None else np.asarray(to_host(rows), dtype=np.int64)
     if rows_arr is not None:
-        indices = _positions(np.asarray(_to_host(indices)), rows_arr, "indices")
+        indices = _positions(np.asarray(to_host(indices)), rows_arr, "indices")
     indices, similarities = _check_graph(indices, similarities)
     if rows_arr is not None:
         indices = rows_arr[indices]

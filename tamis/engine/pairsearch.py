@@ -59,6 +59,7 @@ import numpy as np
 from .._optional import optional_import
 from ..errors import ConfigError, InputError
 from ..kernels.pairs import compact_pairs
+from .backend import to_host
 
 log = logging.getLogger("tamis")
 
@@ -423,7 +424,7 @@ def _finalise(found: list, n: int, xp: ModuleType) -> Pairs:
     cols = xp.concatenate([f[1] for f in found]).astype(xp.int64)
     sims = xp.concatenate([f[2] for f in found])
     order = xp.argsort(rows * max(n, 1) + cols)
-    return _to_host(rows[order]), _to_host(cols[order]), _to_host(sims[order])
+    return to_host(rows[order]), to_host(cols[order]), to_host(sims[order])
 
 
 def _spherical_kmeans(X: Any, k: int, iters: int, seed: int, plan: _Plan, memory: int,
@@ -443,7 +444,7 @@ def _spherical_kmeans(X: Any, k: int, iters: int, seed: int, plan: _Plan, memory
         labels, best = _nearest(sample, centroids, block, plan, xp)
         order = xp.argsort(labels * m + xp.arange(m))       # unique keys: any sort agrees
         grouped = sample[order]
-        bounds = _to_host(xp.searchsorted(labels[order], xp.arange(k + 1))).tolist()
+        bounds = to_host(xp.searchsorted(labels[order], xp.arange(k + 1))).tolist()
         sums = xp.stack([grouped[bounds[c]:bounds[c + 1]].sum(axis=0, dtype=xp.float64)
                          for c in range(k)])
         norms = xp.sqrt((sums * sums).sum(axis=1))
@@ -512,8 +513,8 @@ def _buckets(X: Any, centroids: Any, probes: int, slack: float, plan: _Plan, mem
     home = xp.concatenate(homes).astype(xp.int64)
     foreign = (bucket != home[row]).astype(xp.int64)
     order = xp.argsort((bucket * 2 + foreign) * n + row)
-    home_count = _to_host(xp.bincount(home, minlength=k)).tolist()
-    probe_start = [0] + np.cumsum(_to_host(xp.bincount(bucket, minlength=k))).tolist()
+    home_count = to_host(xp.bincount(home, minlength=k)).tolist()
+    probe_start = [0] + np.cumsum(to_host(xp.bincount(bucket, minlength=k))).tolist()
     return row[order], home_count, probe_start
 
 
@@ -541,9 +542,6 @@ def _to_xp(a: Any, xp: ModuleType) -> Any:
         return a.get() if _is_cupy_array(a) else np.asarray(a)
     return xp.asarray(a)
 
-
-def _to_host(a: Any) -> np.ndarray:
-    return a.get() if _is_cupy_array(a) else np.asarray(a)
 
 
 def _prepare(X: Any, xp: ModuleType | None, name: str = "X") -> tuple[Any, ModuleType]:

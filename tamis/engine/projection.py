@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .._optional import has_module
 from ..errors import ConfigError, InputError
+from .backend import to_host
 
 log = logging.getLogger("tamis")
 
@@ -80,7 +82,7 @@ def project(embeddings: Any, *, method: str = "umap", dims: int = 2, knn: tuple 
     if m < MIN_ROWS_MANIFOLD:
         raise InputError(f"{method} needs at least {MIN_ROWS_MANIFOLD} rows with a valid embedding to map, "
                          f"and there are {m}; use method='pca'")
-    if method == "umap" and xp is not np and _has("cuml"):
+    if method == "umap" and xp is not np and has_module("cuml"):
         return _umap_cuml(embeddings, dims, max_fit, seed, xp)
     host = _to_host(embeddings)
     sample = _fit_sample(m, max_fit, seed)
@@ -108,7 +110,7 @@ def project_or_fallback(embeddings: Any, *, method: str = "umap", **kwargs: Any)
     info: dict = {"requested": method, "method": method}
     m = int(embeddings.shape[0])
     reason = None
-    if method == "umap" and not _has(PACKAGES["umap"][0]):
+    if method == "umap" and not has_module(PACKAGES["umap"][0]):
         reason = f"umap-learn is not installed (pip install {PACKAGES['umap'][1]})"
     elif method in PACKAGES and m < MIN_ROWS_MANIFOLD:
         reason = f"only {m} rows with a valid embedding (UMAP and t-SNE need {MIN_ROWS_MANIFOLD})"
@@ -175,16 +177,9 @@ def _require(method: str) -> ModuleType:
                           f"with: pip install {package} (or choose --projection pca)") from exc
 
 
-def _has(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - a broken CUDA install raises more than ImportError
-        return False
-    return True
-
 
 def _to_host(a: Any) -> np.ndarray:
-    return np.ascontiguousarray(_to_host_any(a), dtype=np.float32)
+    return np.ascontiguousarray(to_host(a), dtype=np.float32)
 
 
 def _fit_sample(m: int, max_fit: int, seed: int) -> np.ndarray | None:
@@ -209,18 +204,14 @@ def _with_self(knn: tuple) -> tuple[np.ndarray, np.ndarray]:
 
     Missing neighbours (-1) stay -1, which umap-learn skips; their distance is set to inf.
     """
-    ind = np.asarray(_to_host_any(knn[0]), dtype=np.int64)
-    dist = np.asarray(_to_host_any(knn[1]), dtype=np.float32)
+    ind = np.asarray(to_host(knn[0]), dtype=np.int64)
+    dist = np.asarray(to_host(knn[1]), dtype=np.float32)
     m = ind.shape[0]
     dist = np.where(ind < 0, np.inf, np.maximum(dist, 0.0)).astype(np.float32)
     ind_full = np.concatenate([np.arange(m, dtype=np.int64)[:, None], ind], axis=1)
     dist_full = np.concatenate([np.zeros((m, 1), dtype=np.float32), dist], axis=1)
     return ind_full.astype(np.int32), dist_full
 
-
-def _to_host_any(a: Any) -> np.ndarray:
-    get = getattr(a, "get", None)
-    return get() if get is not None and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 # ---------------------------------------------------------------------- methods
@@ -247,7 +238,7 @@ def _pca(embeddings: Any, dims: int, xp: ModuleType) -> np.ndarray:
     mean32 = mean.astype(xp.float32)
     for start in range(0, m, block):
         part = xp.asarray(embeddings[start:start + block], dtype=xp.float32)
-        out[start:start + len(part), :k] = _to_host_any((part - mean32) @ comps32)
+        out[start:start + len(part), :k] = to_host((part - mean32) @ comps32)
     return out
 
 
@@ -282,13 +273,13 @@ def _tsne_fit(open_tsne: ModuleType, x: np.ndarray, dims: int, knn: tuple | None
                           negative_gradient_method=method, n_jobs=n_jobs, verbose=False)
     affinities = None
     if knn is not None:
-        ind = np.asarray(_to_host_any(knn[0]), dtype=np.int64)
+        ind = np.asarray(to_host(knn[0]), dtype=np.int64)
         k_needed = min(m - 1, int(3 * perplexity))
         if (ind >= 0).all() and ind.shape[1] >= k_needed:
             from openTSNE.affinity import PerplexityBasedNN
             from openTSNE.nearest_neighbors import PrecomputedNeighbors
 
-            dist = np.asarray(_to_host_any(knn[1]), dtype=np.float64)
+            dist = np.asarray(to_host(knn[1]), dtype=np.float64)
             index = PrecomputedNeighbors(ind[:, :k_needed], np.maximum(dist[:, :k_needed], 0.0))
             affinities = PerplexityBasedNN(knn_index=index, perplexity=perplexity, random_state=seed,
                                            verbose=False)
@@ -305,14 +296,14 @@ def _umap_cuml(embeddings: Any, dims: int, max_fit: int, seed: int, xp: ModuleTy
     sample = _fit_sample(m, max_fit, seed)
     model = UMAP(n_components=dims, n_neighbors=min(N_NEIGHBORS, m - 1), random_state=seed, metric="euclidean")
     if sample is None:
-        return _to_host_any(model.fit_transform(x)).astype(np.float32)
-    fitted = _to_host_any(model.fit_transform(x[xp.asarray(sample)])).astype(np.float32)
+        return to_host(model.fit_transform(x)).astype(np.float32)
+    fitted = to_host(model.fit_transform(x[xp.asarray(sample)])).astype(np.float32)
     out = np.empty((m, dims), dtype=np.float32)
     out[sample] = fitted
     rest = np.setdiff1d(np.arange(m), sample, assume_unique=True)
     for start in range(0, len(rest), TRANSFORM_BLOCK):
         take = rest[start:start + TRANSFORM_BLOCK]
-        out[take] = _to_host_any(model.transform(x[xp.asarray(take)])).astype(np.float32)
+        out[take] = to_host(model.transform(x[xp.asarray(take)])).astype(np.float32)
     return out
 
 

@@ -124,6 +124,11 @@ class Check:
         return f"{type(self).__name__}({args})"
 
 
+def plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (for JSON summaries); others unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 class _ContractError(RuntimeError):
     """A check broke the result contract: a bug in tamis, never bad input."""
 

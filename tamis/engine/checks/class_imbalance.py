@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..params import Interval
-from .base import Check, CheckResult
+from .base import Check, CheckResult, plain
 
 
 class ClassImbalance(Check):
@@ -51,7 +51,7 @@ class ClassImbalance(Check):
             "mean_count": float(mean),
             "imbalance_ratio": float(counts[present].max() / counts[present].min()),
             "counts": {str(names[c]): int(counts[c]) for c in np.flatnonzero(present)},
-            "rare_classes": [_py(names[c]) for c in np.flatnonzero(rare)],
+            "rare_classes": [plain(names[c]) for c in np.flatnonzero(rare)],
         }
         rows = [(names[c], None, int(counts[c]), float(counts[c] / counts.sum()), bool(rare[c]))
                 for c in np.flatnonzero(present)]
@@ -60,7 +60,7 @@ class ClassImbalance(Check):
             summary["splits"] = split_summary
             rows.extend(split_rows)
         table = pa.table({
-            "label": pa.array([_py(r[0]) for r in rows]),
+            "label": pa.array([plain(r[0]) for r in rows]),
             "split": pa.array([r[1] for r in rows], type=pa.string()),
             "count": pa.array([r[2] for r in rows], type=pa.int64()),
             "fraction": pa.array([r[3] for r in rows], type=pa.float64()),
@@ -95,14 +95,10 @@ class ClassImbalance(Check):
             summary["differences"][str(split)] = {
                 "total_variation_distance": distance,
                 "chi2_p_value": p_value,
-                "missing_classes": [_py(names[c]) for c in np.flatnonzero((per_split[ref] > 0) & (per_split[i] == 0))],
-                "extra_classes": [_py(names[c]) for c in np.flatnonzero((per_split[ref] == 0) & (per_split[i] > 0))],
+                "missing_classes": [plain(names[c]) for c in np.flatnonzero((per_split[ref] > 0) & (per_split[i] == 0))],
+                "extra_classes": [plain(names[c]) for c in np.flatnonzero((per_split[ref] == 0) & (per_split[i] > 0))],
             }
             if distance > self.max_split_distance:
                 summary["shifted_splits"].append(str(split))
         return summary, rows
 
-
-def _py(value):
-    """A label as a plain Python value (NumPy scalars are not JSON-able)."""
-    return value.item() if isinstance(value, np.generic) else value

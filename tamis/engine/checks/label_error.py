@@ -35,7 +35,7 @@ from ...errors import InputError
 from ..confident import disagreements, find_label_issues, knn_probabilities
 from ..neighbors import neighbours, resolve_k
 from ..params import Interval, Options
-from .base import Check, CheckResult
+from .base import Check, CheckResult, plain
 
 
 class LabelError(Check):
@@ -126,15 +126,12 @@ class LabelError(Check):
             "method": method,
             "n_label_errors": int(issues.sum()),
             "estimated_noise_rate": float(issues.mean()) if len(issues) else 0.0,
-            "top_confusions": [{"given": _py(names[g]), "suggested": _py(names[s]), "count": int(c)}
+            "top_confusions": [{"given": plain(names[g]), "suggested": plain(names[s]), "count": int(c)}
                                for g, s, c in zip(given[order][:20], sugg[order][:20], counts[order][:20])],
-            "noisiest_classes": [{"label": _py(names[c]), "estimated_noise_rate": float(est["noise_rate"][c])}
+            "noisiest_classes": [{"label": plain(names[c]), "estimated_noise_rate": float(est["noise_rate"][c])}
                                  for c in noisy if est["noise_rate"][c] > 0],
         }
         return CheckResult(flags=flags, scores=scores, summary=summary, exclude=np.flatnonzero(flags),
                            tables={"label_errors": errors, "label_confusion": confusion},
                            columns={"suggested_label": suggested_col})
 
-
-def _py(value):
-    return value.item() if isinstance(value, np.generic) else value

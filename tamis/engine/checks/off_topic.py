@@ -23,7 +23,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..params import Interval
-from .base import Check, CheckResult
+from .base import Check, CheckResult, plain
 
 _BLOCK_CELLS = 1 << 24
 
@@ -110,7 +110,7 @@ class OffTopic(Check):
         summary = {
             "n_references": int(len(ref_labels)),
             "n_off_topic": int(flag_valid.sum()),
-            "classes_without_references": [_py(names[c]) for c in np.flatnonzero(~covered)][:50],
+            "classes_without_references": [plain(names[c]) for c in np.flatnonzero(~covered)][:50],
             "n_classes_without_references": int((~covered).sum()),
             "cutoffs": {str(names[c]): float(cutoffs[c]) for c in np.flatnonzero(~np.isnan(cutoffs))},
         }
@@ -120,6 +120,3 @@ class OffTopic(Check):
 def _key(value: Any) -> str:
     return str(value.item() if isinstance(value, np.generic) else value)
 
-
-def _py(value):
-    return value.item() if isinstance(value, np.generic) else value
