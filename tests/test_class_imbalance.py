@@ -73,3 +73,14 @@ def test_property_scores_in_range_and_flags_follow_counts(labels, fraction):
     mean = counts[counts > 0].mean()
     expected = counts[np.asarray(labels)] < fraction * mean
     np.testing.assert_array_equal(flags, expected)
+
+
+def test_chi_square_matches_scipy():
+    from scipy.stats import chi2_contingency
+
+    from tamis.engine.checks.class_imbalance import _chi2_independence_p
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        table = rng.integers(1, 50, size=(2, int(rng.integers(3, 9))))
+        assert _chi2_independence_p(table) == pytest.approx(chi2_contingency(table)[1], rel=1e-9)
