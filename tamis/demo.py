@@ -24,6 +24,12 @@ EMBED_DIM = 256
 
 def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     """Columns (``embeddings``, ``labels``, ``image_paths``, ``split``, ``ids``) and the planted truth."""
+    columns, truth, _ = _build(seed)
+    return columns, truth
+
+
+def _build(seed: int) -> tuple[dict[str, np.ndarray], dict[str, list], np.ndarray]:
+    """The demo store, its truth, and the 8x8 pixels (0..1) behind every row."""
     from sklearn.datasets import load_digits
 
     from sklearn.kernel_approximation import Nystroem
@@ -90,7 +96,8 @@ def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, lis
     broken = np.zeros((3, emb.shape[1]), dtype=np.float32)    # failed embedding jobs
     truth["invalid"] = add(broken, np.array([1, 2, 3]), np.full(3, "train")).tolist()
 
-    emb = (kernel.transform(np.concatenate(rows_e)) - centre).astype(np.float32)
+    pixels = np.concatenate(rows_e)
+    emb = (kernel.transform(pixels) - centre).astype(np.float32)
     emb[truth["invalid"]] = 0.0
     emb[truth["invalid"][0], 5] = np.nan
     emb[truth["invalid"][1], :] = np.inf
@@ -105,7 +112,8 @@ def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, lis
 
     paths = np.array([f"digits/{i:05d}.png" for i in range(len(labels))])
     ids = np.array([f"digit-{i:05d}" for i in range(len(labels))])
-    return {"embeddings": emb, "labels": labels, "image_paths": paths, "split": split, "ids": ids}, truth
+    columns = {"embeddings": emb, "labels": labels, "image_paths": paths, "split": split, "ids": ids}
+    return columns, truth, pixels
 
 
 def make_demo_references(columns: dict[str, np.ndarray], truth: dict[str, list], per_class: int = 5,
@@ -122,14 +130,16 @@ def make_demo_references(columns: dict[str, np.ndarray], truth: dict[str, list],
 
 
 def write_demo_store(folder) -> tuple[Path, Path, dict[str, list]]:
-    """Write ``demo-store.npz`` and ``demo-references.npz`` into ``folder`` (atomically).
+    """Write ``demo-store.npz``, ``demo-references.npz`` and the images (``digits/*.png``)
+    into ``folder`` (atomically); the store's paths are relative to ``folder``.
 
     Returns the two paths and the planted truth.
     """
     from .engine.atomic import atomic_path
 
     folder = Path(folder)
-    columns, truth = make_demo_store()
+    columns, truth, pixels = _build(0)
+    _write_images(folder, columns["image_paths"], pixels)
     written = []
     for name, arrays in (("demo-store.npz", columns), ("demo-references.npz", make_demo_references(columns, truth))):
         with atomic_path(folder / name) as tmp:
@@ -137,3 +147,18 @@ def write_demo_store(folder) -> tuple[Path, Path, dict[str, list]]:
                 np.savez_compressed(fh, **arrays)
         written.append(folder / name)
     return written[0], written[1], truth
+
+
+def _write_images(folder: Path, paths: np.ndarray, pixels: np.ndarray, scale: int = 8) -> None:
+    """Each row's 8x8 digit as a (8 * scale)-pixel grey PNG, dark ink on white."""
+    from PIL import Image
+
+    from .engine.atomic import atomic_path
+
+    grey = (255 * (1.0 - np.clip(np.nan_to_num(pixels), 0.0, 1.0))).astype(np.uint8).reshape(-1, 8, 8)
+    for path, image in zip(paths, grey):
+        target = folder / str(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        big = np.kron(image, np.ones((scale, scale), dtype=np.uint8))
+        with atomic_path(target) as tmp:
+            Image.fromarray(big, mode="L").save(tmp, format="PNG")

@@ -40,3 +40,15 @@ def test_tamis_demo_finds_the_planted_problems(tmp_path, capsys):
     assert {path(b) for _, b in truth["leakage"]} <= excluded
     for check in ("exact_duplicate", "near_duplicate", "conflicting_labels", "leakage"):
         assert summary["issues"][check] > 0
+
+
+def test_demo_writes_the_images_and_their_thumbnails(tmp_path):
+    from PIL import Image
+
+    assert main(["demo", "--out", str(tmp_path), "--projection", "pca", "-q"]) == 0
+    image = Image.open(tmp_path / "digits" / "00000.png")
+    assert image.size == (64, 64)
+    thumbs = list((tmp_path / "thumbs").iterdir())
+    assert len(thumbs) > 1000, "the report shows each digit's image"
+    html = (tmp_path / "report.html").read_text()
+    assert "thumbs/" in html
