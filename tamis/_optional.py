@@ -19,6 +19,8 @@ _EXTRAS = {
     "cudf": ("rapids", True),
     "cuml": ("rapids", True),
     "faiss": ("bench", False),
+    "dask": ("dask", False),
+    "distributed": ("dask", False),
 }
 
 

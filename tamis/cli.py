@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,8 @@ examples:
   tamis scan store.parquet --device gpu --checks invalid,class_imbalance
   tamis scan store.npz --param class_imbalance.min_fraction=0.1
   tamis scan store.npz --references trusted.npz   also find off-topic rows per class
+  tamis scan shards/ --workers 2 --no-projection   heavy steps on a local Dask cluster, out of core
+  tamis scan shards/ --scheduler tcp://head:8786   ... on a running Dask cluster
   tamis checks                                 list the checks and what they need
 """
 
@@ -47,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
                       ".arrow/.feather")
     scan.add_argument("--out", default="tamis-report", metavar="DIR", help="report folder (default: %(default)s)")
     _run_options(scan)
+    dask = scan.add_argument_group("cluster (Dask; pip install 'tamis[dask]'; the store must be Parquet)")
+    where = dask.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="start a local Dask cluster of N workers (one per GPU with dask-cuda) for the heavy steps")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run the heavy steps on the Dask cluster at ADDRESS, "
+                       "e.g. tcp://head:8786")
+    dask.add_argument("--partition-rows", type=int, metavar="ROWS",
+                      help="rows per partition, in whole Parquet row groups (default: ~64 MiB of embeddings)")
     cols = scan.add_argument_group("columns (default: detected from the usual names)")
     for name, what in (("embedding", "embedding vectors"), ("label", "class labels"), ("path", "image paths"),
                        ("split", "train/val/test split"), ("id", "sample ids"),
@@ -114,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING if getattr(args, "quiet", False) else \
         logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="tamis: %(message)s", stream=sys.stderr)
+    # a local Dask cluster logs every start and stop at INFO; read when Dask is first imported
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         return _dispatch(args)
     except TamisError as exc:
@@ -154,7 +167,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                    "quality": args.quality_col}
     if args.references is not None:
         params.setdefault("off_topic", {}).setdefault("references", args.references)
-    report = scan(source, checks=args.checks, params=params, device=args.device, precision=args.precision,
+    cluster = {name: getattr(args, name, None) for name in ("workers", "scheduler", "partition_rows")}
+    report = scan(source, **cluster, checks=args.checks, params=params, device=args.device, precision=args.precision,
                   k=args.k,
                   threshold=args.threshold, pair_engine="exact" if args.exact else "auto",
                   projection="none" if args.no_projection else args.projection,

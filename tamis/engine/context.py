@@ -37,8 +37,15 @@ class RunContext:
     """Everything one scan shares between its checks."""
 
     def __init__(self, store: Store, backend: Backend, *, precision: str = "float32",
-                 progress: Progress | None = None, options: dict | None = None):
+                 progress: Progress | None = None, options: dict | None = None,
+                 cluster: Any = None, allocate: Callable[[tuple, str], Any] | None = None):
         self.store = store
+        #: what builds the heavy artefacts (pair search, neighbour graph) elsewhere, e.g. a Dask
+        #: cluster (:class:`tamis.distributed.ClusterBuilder`); None builds them here, in memory
+        self.cluster = cluster
+        #: ``allocate(shape, dtype)`` holds the normalised matrix (default: in memory on the device);
+        #: a distributed scan keeps it in a local file read in blocks
+        self.allocate = allocate
         #: scan-level settings shared by several checks (e.g. the duplicate threshold)
         self.options = {"threshold": 0.95, "pair_engine": "auto", "k": None, "knn_engine": "auto", **(options or {})}
         self.backend = backend
@@ -111,22 +118,21 @@ class RunContext:
         norms = np.empty(n, dtype=np.float64)
         with self.progress.task("check embeddings", total=2 * n) as advance:
             for start in range(0, n, block):  # pass 1: squared norms in float64 (no overflow)
-                part = xp.asarray(emb[start:start + block], dtype=xp.float64)
-                norms[start:start + block] = self.backend.to_host(xp.einsum("ij,ij->i", part, part))
+                part = emb[start:start + block]
+                norms[start:start + block] = self.backend.to_host(squared_norms(part, xp))
                 advance(len(part))
             valid = np.isfinite(norms) & (norms > 0)
             if not valid.any():
                 raise InputError(f"{self.store.source}: none of the {n} embeddings is usable (every row is NaN, "
                                  "inf or all zeros); check how the embeddings were computed and saved")
             rows = np.flatnonzero(valid)
-            out = xp.empty((len(rows), d), dtype=self.precision)
+            out = (self.allocate or xp.empty)((len(rows), d), self.precision)
             inv = 1.0 / np.sqrt(norms[rows])
             contiguous = len(rows) == n
             for start in range(0, len(rows), block):  # pass 2: normalised valid rows, in order
                 take = rows[start:start + block]
-                part = xp.asarray(emb[start:start + len(take)] if contiguous else emb[take], dtype=xp.float32)
-                scale = xp.asarray(inv[start:start + block], dtype=xp.float32)
-                out[start:start + len(take)] = part * scale[:, None]
+                part = emb[start:start + len(take)] if contiguous else emb[take]
+                out[start:start + len(take)] = scaled_rows(part, inv[start:start + block], xp)
                 advance(len(take))
             advance(n - len(rows))
         if not valid.all():
@@ -176,6 +182,17 @@ class RunContext:
         if value is None:
             raise InputError(f"{self.store.source}: this check needs {name}, and the store has none")
         return value
+
+
+def squared_norms(rows: Any, xp: Any) -> Any:
+    """Squared L2 norm of each row, in float64 (no overflow); row by row, so the same for any block."""
+    part = xp.asarray(rows, dtype=xp.float64)
+    return xp.einsum("ij,ij->i", part, part)
+
+
+def scaled_rows(rows: Any, inverse_norms: Any, xp: Any) -> Any:
+    """``rows * inverse_norms`` in float32: the normalised rows, bit for bit the same on every worker."""
+    return xp.asarray(rows, dtype=xp.float32) * xp.asarray(inverse_norms, dtype=xp.float32)[:, None]
 
 
 def _encode(values: pa.Array) -> tuple[np.ndarray, list]:

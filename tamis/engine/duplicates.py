@@ -73,9 +73,12 @@ def pairs_at(ctx, threshold: float) -> Pairs:
             return ctx._cache[key].at(threshold)
 
     def build() -> Pairs:
-        with ctx.progress.task("pair search", total=len(ctx.valid_rows)) as advance:
-            a, b, sim = find_pairs(ctx.embeddings, threshold, engine=ctx.options["pair_engine"], xp=ctx.xp,
-                                   progress=advance)
+        if ctx.cluster is not None:  # searched on the cluster's workers, same result format
+            a, b, sim = ctx.cluster.pairs(ctx, threshold)
+        else:
+            with ctx.progress.task("pair search", total=len(ctx.valid_rows)) as advance:
+                a, b, sim = find_pairs(ctx.embeddings, threshold, engine=ctx.options["pair_engine"], xp=ctx.xp,
+                                       progress=advance)
         rows = ctx.valid_rows
         return Pairs(rows[a], rows[b], sim.astype(np.float32), threshold)
 

@@ -46,6 +46,8 @@ def neighbours(ctx, k: int) -> tuple[np.ndarray, np.ndarray]:
             return idx[:, :k], sim[:, :k]
 
     def build():
+        if ctx.cluster is not None:  # built on the cluster's workers, same result format
+            return ctx.cluster.knn(ctx, k)
         with ctx.progress.task(f"neighbours (k={k})", total=None) as advance:
             return knn_graph(ctx.embeddings, k, engine=ctx.options["knn_engine"], xp=ctx.xp,
                              progress=lambda done, total: advance(0))

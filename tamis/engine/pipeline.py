@@ -85,7 +85,9 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
          projection_dims: int = 2,
          threshold: float = 0.95, pair_engine: str = "auto", k: int | None = None, knn_engine: str = "auto",
          columns: ColumnSpec | dict | None = None, progress: bool = False,
-         out: str | None = None, plots: bool = False, image_root: str | None = None) -> Report:
+         out: str | None = None, plots: bool = False, image_root: str | None = None,
+         client: Any = None, workers: int | None = None, scheduler: str | None = None,
+         partition_rows: int | None = None) -> Report:
     """Scan an embedding store and return a :class:`~tamis.engine.report.Report`.
 
     Parameters
@@ -113,6 +115,14 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     plots : with ``out``, also write PNG plots (needs matplotlib).
     image_root : with ``out``, the folder image paths are resolved against for thumbnails
         (default: the store's folder); paths outside it are never read.
+    client, workers, scheduler : run the heavy steps on a Dask cluster (``pip install 'tamis[dask]'``):
+        an existing ``distributed.Client``, a number of local worker processes to start (a
+        ``LocalCUDACluster`` with one worker per GPU where there are GPUs and dask-cuda), or a
+        scheduler address to join. ``source`` must then be a Parquet file or folder of shards
+        the workers can read; the client keeps no embedding matrix in memory and runs on its CPU,
+        ``device`` applies to the workers. See :mod:`tamis.distributed`.
+    partition_rows : with a cluster, rows per partition (whole row groups; default ~64 MiB of
+        float32 embeddings).
     """
     started = time.perf_counter()
     if isinstance(checks, str):
@@ -129,13 +139,34 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
                         threshold=threshold, pair_engine=pair_engine, k=k, knn_engine=knn_engine,
                         columns=columns or ColumnSpec()).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
-    backend = resolve_backend(device)
-
+    distributed = client is not None or workers is not None or scheduler is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    store = load_store(source, config.columns)
-    timings["load"] = time.perf_counter() - t0
+    if distributed:  # the client runs the light passes on its CPU; the workers use `device`
+        from ..distributed import open_session
 
+        session = open_session(source, config.columns, client=client, workers=workers, scheduler=scheduler,
+                               device=config.device, precision=config.precision, partition_rows=partition_rows)
+        store, backend = session.store, resolve_backend("cpu")
+    else:
+        session, backend = None, resolve_backend(device)
+        store = load_store(source, config.columns)
+    timings["load"] = time.perf_counter() - t0
+    try:
+        report = _run(store, backend, config, selected, session, progress, timings, started)
+    finally:
+        if session is not None:
+            session.close()
+    if out is not None:
+        t0 = time.perf_counter()
+        report.save(out, plots=plots, image_root=image_root)
+        report.summary["timings"]["write"] = time.perf_counter() - t0
+    return report
+
+
+def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, session: Any, progress: bool,
+         timings: dict[str, float], started: float) -> Report:
+    """Run the checks that apply to ``store`` and assemble the report (nothing is written)."""
     runnable, skipped = [], []
     for check in selected:
         reason = check.skip_reason(store.available)
@@ -153,7 +184,8 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     with Progress(enabled=progress) as bars:
         ctx = RunContext(store, backend, precision=config.precision, progress=bars,
                          options={"threshold": config.threshold, "pair_engine": config.pair_engine,
-                                  "k": config.k, "knn_engine": config.knn_engine})
+                                  "k": config.k, "knn_engine": config.knn_engine},
+                         cluster=session and session.cluster, allocate=session and session.allocate)
         if store.embeddings is not None:
             with ctx.timed("normalise"):
                 ctx.valid  # noqa: B018 - build the normalised matrix once, timed on its own
@@ -176,10 +208,8 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
         for axis, name in enumerate("xyz"[:coords.shape[1]]):
             report.samples = report.samples.append_column(
                 f"{info['method']}_{name}", pa.array(ctx.to_rows(coords[:, axis].astype(np.float64)), from_pandas=True))
-    if out is not None:
-        t0 = time.perf_counter()
-        report.save(out, plots=plots, image_root=image_root)
-        report.summary["timings"]["write"] = time.perf_counter() - t0
+    if session is not None:
+        report.summary["distributed"] = session.describe()
     return report
 
 

@@ -63,11 +63,7 @@ def _load_path(path: Path, columns: ColumnSpec) -> Store:
                          "Parquet or Arrow/Feather store")
     src = str(path)
     if path.is_dir():
-        shards = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES)
-        if not shards:
-            raise InputError(f"{src}: the directory holds no .parquet shards; give a file or a "
-                             "directory of Parquet shards")
-        return _from_columns(_table_columns(_read_parquet(shards, src)), columns, src)
+        return _from_columns(_table_columns(_read_parquet(parquet_shards(path), src)), columns, src)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _from_columns(_read_npz(path), columns, src)
@@ -79,6 +75,17 @@ def _load_path(path: Path, columns: ColumnSpec) -> Store:
         return _from_columns(_table_columns(_read_arrow(path)), columns, src)
     raise InputError(f"{src}: unknown store format {suffix or '(no suffix)'!r}; tamis reads .npz, .npy, "
                      ".parquet (or a directory of shards), .arrow, .feather and .ipc")
+
+
+def parquet_shards(path: Path) -> list[Path]:
+    """The Parquet files of a store, in row order: the file itself, or a folder's shards sorted by path."""
+    if not path.is_dir():
+        return [path]
+    shards = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES)
+    if not shards:
+        raise InputError(f"{path}: the directory holds no .parquet shards; give a file or a "
+                         "directory of Parquet shards")
+    return shards
 
 
 def _read_npz(path: Path) -> dict[str, Any]:
@@ -181,31 +188,42 @@ def _table_columns(table: pa.Table | pa.RecordBatch) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- columns
-def _from_columns(cols: dict[str, Any], spec: ColumnSpec, src: str) -> Store:
+def choose_columns(names: list[str], spec: ColumnSpec, src: str) -> dict[str, str]:
+    """Input name -> the column of ``names`` that holds it: as named in ``spec``, else by alias."""
     chosen: dict[str, str] = {}
     wanted = spec.as_dict()
     for name, (field_name, aliases) in ALIASES.items():
         given = wanted[field_name]
         if given is not None:
-            if given not in cols:
+            if given not in names:
                 raise InputError(f"{src}: column {given!r} (--{field_name.replace('_', '-')}-col) is not in "
-                                 f"the store; its columns are: {', '.join(map(repr, cols)) or 'none'}")
+                                 f"the store; its columns are: {', '.join(map(repr, names)) or 'none'}")
             chosen[name] = given
             continue
-        lower = {c.lower(): c for c in cols}
+        lower = {c.lower(): c for c in names}
         for alias in aliases:
-            if alias in cols or alias.lower() in lower:
-                found = alias if alias in cols else lower[alias.lower()]
+            if alias in names or alias.lower() in lower:
+                found = alias if alias in names else lower[alias.lower()]
                 if found not in chosen.values():
                     chosen[name] = found
                     break
+    return chosen
+
+
+def _from_columns(cols: dict[str, Any], spec: ColumnSpec, src: str) -> Store:
+    chosen = choose_columns(list(cols), spec, src)
+    return Store(**convert_columns(cols, chosen, src), source=src, columns=chosen)
+
+
+def convert_columns(cols: dict[str, Any], chosen: dict[str, str], src: str) -> dict[str, Any]:
+    """Input name -> its validated array, for the ``chosen`` columns of ``cols``."""
     values: dict[str, Any] = {}
     for name, col in chosen.items():
         if name in MATRIX_INPUTS:
             values[name] = _as_matrix(cols[col], col, src)
         else:
             values[name] = _as_vector(cols[col], col, src, numeric=name == "quality")
-    return Store(**values, source=src, columns=chosen)
+    return values
 
 
 def _as_vector(value: Any, col: str, src: str, numeric: bool = False) -> pa.Array:

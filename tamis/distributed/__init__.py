@@ -1,0 +1,35 @@
+"""Distributed and out-of-core scans of Parquet stores on a Dask cluster.
+
+``tamis.scan(store, client=...)`` (or ``workers=N``, ``scheduler=ADDRESS``; the CLI's
+``--workers`` / ``--scheduler``) runs a scan whose heavy steps happen on Dask workers and
+whose client never holds the embedding matrix. The answers are those of a single-process
+scan with the same engines.
+
+What is distributed
+    The two quadratic artefacts every duplicate- and neighbour-based check shares: the
+    near-duplicate pair list (at the lowest threshold the checks ask for) and the kNN graph.
+    Tasks run over blocks of partitions (Parquet row groups with global row offsets); each
+    worker reads and normalises the partitions it needs itself (:mod:`.tasks`) and returns
+    pairs or (rows, k) neighbour lists, which the client gathers into the run context under
+    the keys the checks use. With the exact engines a task is one
+    :func:`~tamis.engine.pairsearch.pairs_in_block` (upper triangle of partition pairs) or
+    one partition's top-k against every partition (:func:`~tamis.kernels.topk.merge_topk`);
+    the bucketed engines (:mod:`.buckets`) restrict both to k-means buckets fitted on a sample.
+
+What stays on the client, in blocks
+    The linear passes and the checks themselves: validity and normalisation (the normalised
+    matrix goes to a local file, :class:`~tamis.distributed.blocked.DiskMatrix`), exact-duplicate
+    hashing, class centroids, groups, label votes, the report. Client memory is O(N) for the
+    per-row columns (labels, ids, the valid mask, scores: tens of bytes per row), the pair
+    list (12 bytes per pair), the neighbour graph (12 k bytes per row) and what the checks
+    derive from it (label_error: O(N x classes)), plus one partition (``partition_rows x d x 4``
+    bytes) and 64 MiB blocks; never O(N d).
+
+Nothing here imports Dask until a distributed scan starts (``pip install 'tamis[dask]'``).
+"""
+
+from __future__ import annotations
+
+from .cluster import ClusterBuilder, ClusterError, Session, open_session
+
+__all__ = ["ClusterBuilder", "ClusterError", "Session", "open_session"]

@@ -1,0 +1,285 @@
+"""One distributed scan: the Dask client, the partitioned store, and the artefacts built on the workers.
+
+:func:`open_session` connects (an existing ``Client``, a scheduler address, or a local
+cluster of N workers it starts and stops), opens the store as partitions
+(:func:`~tamis.distributed.partitions.open_partitioned_store`) and returns a
+:class:`Session`. Its :class:`ClusterBuilder` is the run context's ``cluster``: the duplicate
+family's pair search (:func:`tamis.engine.duplicates.pairs_at`) and the neighbour graph
+(:func:`tamis.engine.neighbors.neighbours`) ask it instead of searching ``ctx.embeddings``.
+It submits one task per block of partitions (:mod:`tamis.distributed.tasks`), gathers the
+small results and returns them in the shapes the local engines return, so the checks and
+the cache keys (``("pairs", threshold)``, ``("knn", k)``) are the same as in one process.
+
+Failures: tasks are pure, so when a worker dies the scheduler re-runs its tasks elsewhere
+(up to Dask's ``distributed.scheduler.allowed-failures``, 3 by default). A task that still
+cannot finish (``KilledWorker``) or a lost scheduler ends the scan with a
+:class:`ClusterError`; errors tamis raises on purpose in a task (a corrupt shard: an
+:class:`~tamis.errors.InputError`) reach the caller unchanged. Either way the scan writes
+no report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Any, Callable
+
+import numpy as np
+
+from .._optional import has_module, optional_import
+from ..engine.store import ColumnSpec, Store
+from ..errors import ConfigError, TamisError
+from .blocked import DiskMatrix
+from .partitions import Partition, open_partitioned_store
+from .tasks import ReadSpec, drop_cache, knn_partition, pair_block
+
+log = logging.getLogger("tamis")
+
+#: engine="auto": exact all-pairs / exact kNN while M * M * d is at most this per worker
+#: (the single-process CPU rule of tamis.engine.pairsearch, and 1.3e14 on GPU workers)
+EXACT_WORK = {"cpu": 2.1e11, "gpu": 1.3e14}
+
+
+class ClusterError(TamisError, RuntimeError):
+    """The Dask cluster could not finish the scan (a worker kept dying, the scheduler went away)."""
+
+
+class ClusterBuilder:
+    """Builds the pair list and the neighbour graph on the cluster's workers.
+
+    What runs where: each task reads and normalises its partitions on its worker and
+    returns pairs (three arrays, a few per duplicate) or one partition's (rows, k) lists;
+    the client only plans tasks, concatenates and sorts results. Client memory for these
+    steps: the results (12 bytes per pair; 12 M k bytes for the graph) and the (N,) valid
+    mask; never the embeddings.
+    """
+
+    def __init__(self, client: Any, spec: ReadSpec, partitions: list[Partition], n_workers: int):
+        self.client = client
+        self.spec = spec
+        self.partitions = partitions
+        self.n_workers = max(1, n_workers)
+        #: engines used, for the summary; and state the bucketed engines keep between artefacts
+        self.engines: dict[str, Any] = {}
+        self.state: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------ artefacts
+    def pairs(self, ctx, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row_a, row_b, similarity) in valid-row space, sorted, as :func:`find_pairs` returns them."""
+        parts, counts, offsets = self._layout(ctx)
+        engine = self._engine("pairs", ctx.options["pair_engine"], len(ctx.valid_rows))
+        if engine != "exact":
+            from .buckets import bucket_pairs_on
+            return bucket_pairs_on(self, ctx, parts, counts, offsets, threshold)
+        jobs = [(pair_block, (self.spec, parts[i], parts[j], (counts[i], counts[j]), (offsets[i], offsets[j]),
+                              float(threshold)), f"pairs-{threshold}-{parts[i].index}-{parts[j].index}")
+                for i in range(len(parts)) for j in range(i, len(parts))]
+        found = self.run(jobs, "pair search")
+        return _sorted_pairs(found, len(ctx.valid_rows))
+
+    def knn(self, ctx, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, similarities), each (M, k), as :func:`tamis.engine.knn.exact_knn` returns them."""
+        parts, counts, offsets = self._layout(ctx)
+        engine = self._engine("knn", ctx.options["knn_engine"], len(ctx.valid_rows))
+        if engine != "exact":
+            from .buckets import bucket_knn_on
+            return bucket_knn_on(self, ctx, parts, counts, offsets, k)
+        jobs = [(knn_partition, (self.spec, tuple(parts), tuple(counts), tuple(offsets), i, int(k)),
+                 f"knn-{k}-{parts[i].index}") for i in range(len(parts))]
+        lists = self.run(jobs, "neighbour graph")
+        return np.concatenate([r[0] for r in lists]), np.concatenate([r[1] for r in lists])
+
+    # ------------------------------------------------------------------ plumbing
+    def _layout(self, ctx) -> tuple[list[Partition], list[int], list[int]]:
+        """Partitions with valid rows, their valid-row counts and offsets (from ``ctx.valid``)."""
+        before = np.concatenate([[0], np.cumsum(ctx.valid, dtype=np.int64)])
+        parts, counts, offsets = [], [], []
+        for p in self.partitions:
+            lo, hi = int(before[p.row0]), int(before[p.row0 + p.n_rows])
+            if hi > lo:
+                parts.append(p)
+                counts.append(hi - lo)
+                offsets.append(lo)
+        return parts, counts, offsets
+
+    def _engine(self, what: str, asked: str, m: int) -> str:
+        if asked == "auto":
+            device = "gpu" if self.spec.device == "gpu" else "cpu"
+            exact = float(m) * m * self.spec.dim <= EXACT_WORK[device] * self.n_workers
+            chosen = "exact" if exact else ("partitioned" if what == "pairs" else "approximate")
+            log.info("distributed %s: %s engine for %d rows on %d workers", what, chosen, m, self.n_workers)
+        else:
+            chosen = asked
+        self.engines[what] = chosen
+        return chosen
+
+    def run(self, jobs: list[tuple[Callable, tuple, str]], what: str) -> list[Any]:
+        """Submit ``(function, args, name)`` jobs, return their results in order.
+
+        Keys carry the scan's token, so two scans on one cluster never share results.
+        """
+        from distributed import as_completed
+
+        futures = [self.client.submit(fn, *args, key=f"tamis-{self.spec.token}-{name}", pure=False)
+                   for fn, args, name in jobs]
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        try:
+            for future, result in as_completed(futures, with_results=True):
+                results[index[future.key]] = result
+                future.release()
+        except TamisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated below, or re-raised as an internal error
+            raise _cluster_error(exc, what) from exc
+        finally:
+            self.client.cancel([f for f in futures if not f.done()])
+        return results
+
+
+def _cluster_error(exc: Exception, what: str) -> Exception:
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return ClusterError(f"the {what} failed: its workers died too often ({exc}); Dask re-ran the task and "
+                            "gave up. A worker that runs out of memory dies this way: give workers more memory "
+                            "(dask worker --memory-limit), use smaller partitions (partition_rows), or raise "
+                            "distributed.scheduler.allowed-failures")
+    if isinstance(exc, (CommClosedError, OSError, TimeoutError)):
+        return ClusterError(f"the {what} lost the Dask cluster ({type(exc).__name__}: {exc}); check that the "
+                            "scheduler is still running and reachable, then scan again")
+    return exc
+
+
+def _sorted_pairs(found: list, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not found:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    rows = np.concatenate([f[0] for f in found]).astype(np.int64)
+    cols = np.concatenate([f[1] for f in found]).astype(np.int64)
+    sims = np.concatenate([f[2] for f in found]).astype(np.float32)
+    order = np.argsort(rows * max(m, 1) + cols, kind="stable")
+    return rows[order], cols[order], sims[order]
+
+
+# ---------------------------------------------------------------------------- the session
+class Session:
+    """A distributed scan's resources; :meth:`close` releases them (and stops a cluster it started)."""
+
+    def __init__(self, client: Any, store: Store, builder: ClusterBuilder | None, folder: str,
+                 owned: list[Any], describe: dict):
+        self.client = client
+        self.store = store
+        self.cluster = builder
+        self.folder = folder
+        self._owned = owned
+        self._describe = describe
+
+    def allocate(self, shape: tuple, dtype: str) -> DiskMatrix:
+        """Where the client keeps the normalised matrix: a file in the session's local folder."""
+        return DiskMatrix.create(self.folder, shape, dtype)
+
+    def describe(self) -> dict:
+        out = dict(self._describe)
+        if self.cluster is not None:
+            out["engines"] = dict(self.cluster.engines)
+        return out
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            try:
+                self.client.run(drop_cache, self.cluster.spec.token)
+            except Exception as exc:  # noqa: BLE001 - best effort: the workers' folders go with them
+                log.info("could not clear the workers' partition caches: %s", exc)
+        for thing in reversed(self._owned):
+            try:
+                thing.close()
+            except Exception as exc:  # noqa: BLE001
+                log.info("closing %s: %s", type(thing).__name__, exc)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def open_session(source: Any, columns: ColumnSpec, *, client: Any = None, workers: int | None = None,
+                 scheduler: str | None = None, device: str = "auto", precision: str = "float32",
+                 partition_rows: int | None = None) -> Session:
+    """Connect to Dask and open ``source`` (a Parquet file or folder of shards) as partitions."""
+    given = [name for name, v in (("client", client), ("workers", workers), ("scheduler", scheduler)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} were both given; pass one: a Dask client, a scheduler address, "
+                          "or a number of local workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers={workers!r} is not a positive integer; pass e.g. workers=2")
+    if partition_rows is not None and (isinstance(partition_rows, bool) or not isinstance(partition_rows, int)
+                                       or partition_rows < 1):
+        raise ConfigError(f"partition_rows={partition_rows!r} is not a positive integer; pass e.g. 262144")
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConfigError("a distributed scan reads a Parquet store from a path the workers can read; write the "
+                          "data with pyarrow.parquet.write_table first, or scan it without a cluster")
+    optional_import("distributed")
+    store, partitions = open_partitioned_store(source, columns, partition_rows)
+    owned: list[Any] = []
+    folder = tempfile.mkdtemp(prefix="tamis-scan-")
+    try:
+        if client is None:
+            client = _connect(workers, scheduler, device, owned)
+        n_workers = len(client.nthreads())
+        if n_workers == 0:
+            raise ClusterError(f"the Dask cluster at {client.scheduler.address} has no workers; start some "
+                               "(dask worker ADDRESS, or dask-cuda-worker ADDRESS on GPU nodes)")
+        builder = None
+        if store.embeddings is not None:
+            spec = ReadSpec(token=uuid.uuid4().hex[:12], column=store.embeddings.column, source=store.source,
+                            dim=store.embeddings.shape[1], precision=precision, device=device)
+            builder = ClusterBuilder(client, spec, partitions, n_workers)
+        describe = {"scheduler": client.scheduler.address, "n_workers": n_workers,
+                    "n_partitions": len(partitions), "worker_device": device,
+                    "started_local_cluster": workers is not None}
+        return Session(client, store, builder, folder, owned, describe)
+    except BaseException:
+        for thing in reversed(owned):
+            thing.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _connect(workers: int | None, scheduler: str | None, device: str, owned: list) -> Any:
+    distributed = optional_import("distributed")
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); start one with "
+                               "'dask scheduler' and pass its address, e.g. tcp://host:8786") from exc
+        owned.append(client)
+        return client
+    cluster = _local_cluster(workers, device, distributed)
+    owned.append(cluster)
+    client = distributed.Client(cluster)
+    owned.append(client)
+    return client
+
+
+def _local_cluster(workers: int, device: str, distributed: Any) -> Any:
+    """``LocalCUDACluster`` (one worker per GPU, at most ``workers``) when GPUs and dask-cuda are
+    there and the device allows it; ``LocalCluster`` of ``workers`` processes otherwise."""
+    if device != "cpu" and has_module("dask_cuda"):
+        from ..engine.backend import gpu_available
+
+        if gpu_available():
+            import cupy
+            from dask_cuda import LocalCUDACluster
+
+            n_gpus = cupy.cuda.runtime.getDeviceCount()
+            visible = ",".join(str(i) for i in range(min(workers, n_gpus)))
+            log.info("starting a LocalCUDACluster on GPUs %s", visible)
+            return LocalCUDACluster(CUDA_VISIBLE_DEVICES=visible, dashboard_address=":0", silence_logs=logging.ERROR)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log.info("starting a LocalCluster of %d workers x %d threads", workers, threads)
+    return distributed.LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                                    dashboard_address=":0", silence_logs=logging.ERROR)
+
+
+__all__ = ["ClusterBuilder", "ClusterError", "Session", "open_session", "EXACT_WORK"]

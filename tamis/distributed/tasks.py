@@ -1,0 +1,212 @@
+"""The work a Dask worker does: pure functions of (partitions, parameters), safe to re-run.
+
+Every task reads the partitions it needs itself (:func:`load_partition`): the raw rows from
+Parquet, then the same validity test and normalisation as a single-process scan
+(:func:`tamis.engine.context.squared_norms`, :func:`~tamis.engine.context.scaled_rows`),
+so a partition's valid rows are bit for bit the rows of ``ctx.embeddings`` at the
+partition's valid-row offset. The normalised rows are cached twice on the worker: the last
+two partitions in memory, and every partition it has read in a file under the worker's
+local directory (written to a temporary name and renamed, so a killed task never leaves a
+broken file); both are keyed by the scan's token and dropped at the end of the scan
+(:func:`drop_cache`).
+
+Units of work, all returning small host arrays:
+
+* :func:`pair_block` -- the near-duplicate pairs between two partitions
+  (:func:`tamis.engine.pairsearch.pairs_in_block`; upper triangle on the diagonal);
+* :func:`knn_partition` -- the exact top-k of one partition's rows against every
+  partition, merged tile by tile with :func:`tamis.kernels.topk.merge_topk`;
+* :func:`sample_rows` -- rows for the bucketed engines' k-means (whose tasks are in
+  :mod:`tamis.distributed.buckets`).
+
+The worker's device is chosen once per process from the scan's ``device`` (``auto``: its
+GPU when CuPy sees one).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..engine.backend import Backend, resolve_backend
+from ..engine.context import NORMALISE_BLOCK_BYTES, scaled_rows, squared_norms
+from ..engine.knn import DEFAULT_MEMORY_BYTES
+from ..engine.pairsearch import pairs_in_block
+from ..errors import InputError
+from ..kernels.topk import empty_topk, merge_topk
+from .partitions import Partition, read_partition
+
+#: partitions kept in memory per worker process (the two a pair block needs)
+MEMORY_CACHE = 2
+#: query rows per tile in the kNN tasks
+KNN_QUERY_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """How every task reads and prepares partitions in one scan."""
+
+    token: str          # unique per scan: cache keys and task keys
+    column: str
+    source: str
+    dim: int
+    precision: str      # dtype of the normalised rows, as ctx.embeddings
+    device: str         # "auto", "cpu" or "gpu": the worker's backend
+
+
+@functools.lru_cache(maxsize=None)
+def worker_backend(device: str) -> Backend:
+    return resolve_backend(device)
+
+
+# ---------------------------------------------------------------------------- partitions
+_memory: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+_lock = threading.Lock()
+
+
+def load_partition(spec: ReadSpec, part: Partition, n_valid: int) -> np.ndarray:
+    """The normalised valid rows of ``part`` (host, ``spec.precision``), from the caches when there.
+
+    ``n_valid`` is what the client counted; a different count means the store changed
+    during the scan, which is an :class:`InputError`.
+    """
+    key = (spec.token, part.index)
+    with _lock:
+        if key in _memory:
+            _memory.move_to_end(key)
+            return _memory[key]
+    folder = _cache_folder(spec.token)
+    path = None if folder is None else os.path.join(folder, f"p{part.index}.npy")
+    if path is not None and os.path.exists(path):
+        rows = np.load(path)
+    else:   # row group by row group: one raw float32 row group in memory at a time
+        rows = np.concatenate([normalise_partition(read_partition(g, spec.column, spec.source, spec.dim),
+                                                   spec.precision) for g in part.groups()])
+        if path is not None:
+            _atomic_save(path, rows)
+    if len(rows) != n_valid:
+        raise InputError(f"{part.path}: row groups {list(part.row_groups)} hold {len(rows)} usable embeddings on a "
+                         f"worker but {n_valid} when the scan started; the store changed during the scan")
+    with _lock:
+        _memory[key] = rows
+        while len(_memory) > MEMORY_CACHE:
+            _memory.popitem(last=False)
+    return rows
+
+
+def normalise_partition(raw: np.ndarray, precision: str) -> np.ndarray:
+    """The valid rows of ``raw``, L2-normalised, as :class:`~tamis.engine.context.RunContext` does it
+    (the same per-row operations, so the same bits), in blocks of 64 MiB of float64."""
+    block = max(1, NORMALISE_BLOCK_BYTES // (8 * max(1, raw.shape[1])))
+    parts = []
+    for start in range(0, len(raw), block):
+        chunk = raw[start:start + block]
+        norms = squared_norms(chunk, np)
+        valid = np.isfinite(norms) & (norms > 0)
+        rows = chunk if valid.all() else chunk[valid]
+        parts.append(scaled_rows(rows, 1.0 / np.sqrt(norms[valid]), np).astype(precision, copy=False))
+    return np.concatenate(parts) if parts else np.empty((0, raw.shape[1]), dtype=precision)
+
+
+def drop_cache(token: str) -> None:
+    """Forget the scan ``token``'s partitions (run on every worker at the end of a scan)."""
+    with _lock:
+        for key in [k for k in _memory if k[0] == token]:
+            del _memory[key]
+    folder = _cache_folder(token, create=False)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cache_folder(token: str, create: bool = True) -> str | None:
+    """``<worker local directory>/tamis-<token>``, or None outside a Dask worker."""
+    try:
+        from distributed import get_worker
+
+        base = get_worker().local_directory
+    except (ImportError, ValueError):
+        return None
+    folder = os.path.join(base, f"tamis-{token}")
+    if create:
+        os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _atomic_save(path: str, rows: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------- exact engines
+def pair_block(spec: ReadSpec, a: Partition, b: Partition, n_valid: tuple[int, int], offsets: tuple[int, int],
+               threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (valid-row ids) between partitions ``a`` and ``b`` with similarity >= ``threshold``.
+
+    ``offsets`` are the partitions' valid-row offsets; ``a == b`` searches the upper triangle.
+    Cost: ``n_a n_b d`` multiply-adds (half on the diagonal); memory: the two partitions in
+    float32 plus :func:`pairs_in_block`'s 256 MiB (CPU) / 2 GiB (GPU) working budget.
+    """
+    xp = worker_backend(spec.device).xp
+    xa = xp.asarray(load_partition(spec, a, n_valid[0]), dtype=xp.float32)
+    xb = xa if a.index == b.index else xp.asarray(load_partition(spec, b, n_valid[1]), dtype=xp.float32)
+    return pairs_in_block(xa, xb, offsets[0], offsets[1], threshold, xp=xp, upper=a.index == b.index)
+
+
+def knn_partition(spec: ReadSpec, parts: tuple[Partition, ...], n_valid: tuple[int, ...],
+                  offsets: tuple[int, ...], i: int, k: int, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                  local: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (valid-row ids, similarities) of partition ``i``'s rows (or of its rows
+    ``local``) against all partitions.
+
+    Tiles of :data:`KNN_QUERY_ROWS` query rows x ``memory_bytes / (6 x 4096)`` columns, merged
+    with :func:`merge_topk` (self excluded by global row), partitions in order. Cost:
+    ``n_i M d`` multiply-adds; memory: two partitions, one tile, the (n_i, k) lists.
+    """
+    xp = worker_backend(spec.device).xp
+    own = xp.asarray(load_partition(spec, parts[i], n_valid[i]), dtype=xp.float32)
+    queries = own if local is None else own[xp.asarray(local)]
+    m = int(queries.shape[0])
+    best_sim, best_idx = empty_topk(m, k, xp)
+    rows = min(KNN_QUERY_ROWS, max(1, m))
+    cols = max(64, memory_bytes // (6 * rows))
+    for j, part in enumerate(parts):
+        if n_valid[j] == 0:
+            continue
+        columns = own if j == i else xp.asarray(load_partition(spec, part, n_valid[j]), dtype=xp.float32)
+        for q0 in range(0, m, rows):
+            q1 = min(m, q0 + rows)
+            for c0 in range(0, int(columns.shape[0]), cols):
+                tile = queries[q0:q1] @ columns[c0:c0 + cols].T
+                row0 = offsets[i] + q0
+                if local is not None:          # scattered query rows: exclude each one's own column
+                    row0, self_col = None, xp.asarray(local[q0:q1]) - c0
+                    if j == i:
+                        inside = (self_col >= 0) & (self_col < tile.shape[1])
+                        tile[xp.flatnonzero(inside), self_col[inside]] = -np.inf
+                best_sim[q0:q1], best_idx[q0:q1] = merge_topk(tile, offsets[j] + c0, row0,
+                                                              best_sim[q0:q1], best_idx[q0:q1], k, xp)
+    return _host(best_idx), _host(best_sim)
+
+
+def sample_rows(spec: ReadSpec, part: Partition, n_valid: int, local: np.ndarray) -> np.ndarray:
+    """Rows ``local`` (positions among the partition's valid rows) as float32."""
+    return np.asarray(load_partition(spec, part, n_valid)[local], dtype=np.float32)
+
+
+def _host(a: Any) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
