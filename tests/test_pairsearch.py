@@ -153,7 +153,7 @@ def test_gpu_precision_plan_emulated_on_numpy(monkeypatch):
     pairs exactly on the threshold included."""
     plan = dataclasses.replace(pairsearch._GPU_PLAN, workers=1, tile_rows=96,
                                max_tile_elements=96 * 200)
-    monkeypatch.setattr(pairsearch, "_plan_for", lambda xp: plan)
+    monkeypatch.setattr(pairsearch, "plan_for", lambda xp: plan)
     X = planted(500, 40, seed=21, dup_fraction=0.3)
     assert_pairs_equal(exact_pairs(X, 0.9), brute(X, 0.9))
     assert_pairs_equal(partitioned_pairs(X, 0.9, n_buckets=4, probes=4, probe_slack=1.0),

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.knn import DEFAULT_MEMORY_BYTES, knn_recall
-from ..engine.pairsearch import _buckets, _plan_for, _spherical_kmeans, pairs_in_block
+from ..engine.pairsearch import bucket_members, pairs_in_block, plan_for, spherical_kmeans
 from ..kernels.topk import empty_topk, merge_topk
 from .partitions import Partition
 from .tasks import ReadSpec, knn_partition, load_partition, sample_rows, worker_backend
@@ -64,15 +64,15 @@ def assign_partition(spec: ReadSpec, part: Partition, n_valid: int, centroids: n
     """Bucket assignment of one partition's valid rows (local positions).
 
     ``members``/``home_count``/``starts``: rows probed into each bucket, home rows first
-    (:func:`tamis.engine.pairsearch._buckets` with the probe rule at ``threshold``);
+    (:func:`tamis.engine.pairsearch.bucket_members` with the probe rule at ``threshold``);
     ``home``: each row's bucket (its nearest centroid).
     """
     backend = worker_backend(spec.device)
     xp = backend.xp
-    plan = _plan_for(xp)
+    plan = plan_for(xp)
     x = xp.asarray(load_partition(spec, part, n_valid))          # float16 rows are widened block by block
     slack = PROBE_SLACK * math.sqrt(2.0 - 2.0 * threshold)
-    members, home_count, starts = _buckets(x, xp.asarray(centroids), min(PROBES, len(centroids)), slack, plan,
+    members, home_count, starts = bucket_members(x, xp.asarray(centroids), min(PROBES, len(centroids)), slack, plan,
                                            plan.memory_bytes, xp)
     members = backend.to_host(members)
     home = np.empty(n_valid, dtype=np.int32)
@@ -207,8 +207,8 @@ def _centroids(builder, ctx, parts, counts, offsets, threshold: float):
             for t, (p, n, o) in enumerate(zip(parts, counts, offsets)) if bounds[t + 1] > bounds[t]]
     sample = np.concatenate(builder.run(jobs, "k-means sample"))
     with ctx.timed("distributed:kmeans"):
-        centroids = _spherical_kmeans(sample, n_buckets, KMEANS_ITERS, SEED, _plan_for(np),
-                                      _plan_for(np).memory_bytes, np)
+        centroids = spherical_kmeans(sample, n_buckets, KMEANS_ITERS, SEED, plan_for(np),
+                                      plan_for(np).memory_bytes, np)
     client, token = builder.client, builder.spec.token
     scattered = client.scatter(centroids, broadcast=True)
     futures = {}

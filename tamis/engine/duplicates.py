@@ -66,6 +66,11 @@ class Groups:
         return np.diff(self.starts)
 
 
+def resolve_threshold(ctx, threshold: float | None) -> float:
+    """A check's own threshold, else the scan's ``--threshold``."""
+    return float(threshold) if threshold is not None else float(ctx.options["threshold"])
+
+
 def pairs_at(ctx, threshold: float) -> Pairs:
     """All pairs of valid rows with similarity >= ``threshold``, searched once per run."""
     for key in [k for k in ctx._cache if isinstance(k, tuple) and k[0] == "pairs"]:

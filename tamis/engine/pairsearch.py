@@ -63,7 +63,8 @@ from .backend import to_host
 
 log = logging.getLogger("tamis")
 
-__all__ = ["ENGINES", "exact_pairs", "find_pairs", "pairs_in_block", "partitioned_pairs"]
+__all__ = ["ENGINES", "exact_pairs", "find_pairs", "pairs_in_block", "partitioned_pairs",
+           "plan_for", "spherical_kmeans", "bucket_members"]
 
 ENGINES = ("auto", "exact", "partitioned")
 NORM_TOLERANCE = 1e-3          # rows may have norm up to 1 + NORM_TOLERANCE
@@ -129,7 +130,7 @@ _GPU_PLAN = _Plan(matmul_dtype="float16", unit_roundoff=2.0**-11, memory_bytes=2
                   exact_work=1.3e14, workers=1)
 
 
-def _plan_for(xp: ModuleType) -> _Plan:
+def plan_for(xp: ModuleType) -> _Plan:
     return _CPU_PLAN if xp is np else _GPU_PLAN
 
 
@@ -161,7 +162,7 @@ def find_pairs(X: Any, threshold: float, *, engine: str = "auto", xp: ModuleType
     X, xp = _prepare(X, xp)
     if engine == "auto":
         n, d = X.shape
-        engine = "exact" if float(n) * n * d <= _plan_for(xp).exact_work else "partitioned"
+        engine = "exact" if float(n) * n * d <= plan_for(xp).exact_work else "partitioned"
         log.info("pair search: %s engine for %d rows x %d dims", engine, n, d)
     if engine == "exact":
         return exact_pairs(X, threshold, xp=xp, block_rows=block_rows,
@@ -319,9 +320,9 @@ def partitioned_pairs(X: Any, threshold: float, *, xp: ModuleType | None = None,
     if n < 2:
         return _finalise([], n, xp)
     tile = plan.tile_shape(memory, None)
-    centroids = _spherical_kmeans(X, n_buckets, kmeans_iters, seed, plan, memory, xp)
+    centroids = spherical_kmeans(X, n_buckets, kmeans_iters, seed, plan, memory, xp)
     slack = probe_slack * math.sqrt(2.0 - 2.0 * threshold)
-    probe_rows, home_count, probe_start = _buckets(X, centroids, probes, slack, plan, memory, xp)
+    probe_rows, home_count, probe_start = bucket_members(X, centroids, probes, slack, plan, memory, xp)
     Xm = X.astype(plan.matmul_dtype, copy=False)
     cutoff = threshold - plan.margin(d)
 
@@ -427,7 +428,7 @@ def _finalise(found: list, n: int, xp: ModuleType) -> Pairs:
     return to_host(rows[order]), to_host(cols[order]), to_host(sims[order])
 
 
-def _spherical_kmeans(X: Any, k: int, iters: int, seed: int, plan: _Plan, memory: int,
+def spherical_kmeans(X: Any, k: int, iters: int, seed: int, plan: _Plan, memory: int,
                       xp: ModuleType) -> Any:
     """(k, d) unit centroids fitted on a seeded sample of rows.
 
@@ -469,7 +470,7 @@ def _nearest(Y: Any, centroids: Any, block: int, plan: _Plan,
     return xp.concatenate([p[0] for p in parts]), xp.concatenate([p[1] for p in parts])
 
 
-def _buckets(X: Any, centroids: Any, probes: int, slack: float, plan: _Plan, memory: int,
+def bucket_members(X: Any, centroids: Any, probes: int, slack: float, plan: _Plan, memory: int,
              xp: ModuleType) -> tuple[Any, list[int], list[int]]:
     """The rows probed into each bucket, each bucket's home rows first.
 
@@ -620,7 +621,7 @@ def _check_progress(progress: Any) -> None:
 
 
 def _plan_and_memory(xp: ModuleType, memory_bytes: Any) -> tuple[_Plan, int]:
-    plan = _plan_for(xp)
+    plan = plan_for(xp)
     if memory_bytes is None:
         return plan, plan.memory_bytes
     if (isinstance(memory_bytes, bool) or not isinstance(memory_bytes, numbers.Integral)

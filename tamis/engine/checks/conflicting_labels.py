@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from ..duplicates import near_groups, segment_label_stats
+from ..duplicates import near_groups, resolve_threshold, segment_label_stats
 from ..params import Interval, Options
 from .base import Check, CheckResult
 
@@ -35,7 +35,7 @@ class ConflictingLabels(Check):
         self.policy = policy
 
     def _run(self, ctx) -> CheckResult:
-        threshold = self.threshold if self.threshold is not None else ctx.options["threshold"]
+        threshold = resolve_threshold(ctx, self.threshold)
         groups = near_groups(ctx, threshold)
         codes, names = ctx.label_codes, ctx.label_names
         flags = np.zeros(ctx.n, dtype=bool)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..duplicates import pairs_at
+from ..duplicates import pairs_at, resolve_threshold
 from ..params import Interval, Options
 from .base import Check, CheckResult
 
@@ -36,7 +36,7 @@ class Leakage(Check):
         self.exclude = exclude
 
     def _run(self, ctx) -> CheckResult:
-        threshold = self.threshold if self.threshold is not None else ctx.options["threshold"]
+        threshold = resolve_threshold(ctx, self.threshold)
         pairs = pairs_at(ctx, threshold)
         codes, names = ctx.split_codes, ctx.split_names
         sizes = np.bincount(codes[ctx.valid], minlength=len(names))

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..duplicates import (KEEP_POLICIES, group_table, keep_one, max_similarity, near_groups, pairs_at,
-                          segment_label_stats)
+from ..duplicates import (KEEP_POLICIES, group_table, groups_of, keep_one, max_similarity, near_groups, pairs_at,
+                          resolve_threshold, segment_label_stats)
 from ..params import Interval, Options
 from .base import Check, CheckResult
 
@@ -43,7 +43,7 @@ class NearDuplicate(Check):
         self.sweep = sweep
 
     def _run(self, ctx) -> CheckResult:
-        threshold = self.threshold if self.threshold is not None else ctx.options["threshold"]
+        threshold = resolve_threshold(ctx, self.threshold)
         base = min(threshold, SWEEP[0]) if self.sweep else threshold
         every = pairs_at(ctx, base)
         pairs = every.at(threshold)
@@ -74,8 +74,6 @@ class NearDuplicate(Check):
             "histogram": _histogram(every),
         }
         if self.sweep:
-            from ..duplicates import groups_of
-
             summary["sweep"] = [{"threshold": t, "n_pairs": int(len(every.at(t))),
                                  "n_groups": int(groups_of(ctx.n, every.at(t).row_a, every.at(t).row_b).n_groups)}
                                 for t in sorted(set(SWEEP) | {float(threshold)}) if t >= base]
