@@ -150,3 +150,27 @@ def test_report_files_get_the_usual_permissions(tmp_path, small_columns):
     for name in os.listdir(tmp_path / "out"):
         mode = (tmp_path / "out" / name).stat().st_mode & 0o777
         assert mode in (0o644, 0o755), f"{name} has mode {oct(mode)}: temporary files are private until renamed"
+
+
+def test_a_row_excluded_by_several_checks_lists_them_in_check_order_with_the_lowest_score():
+    emb = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [np.nan, 0, 0]], dtype=np.float32)
+    paths = np.array(["a", "b", "c", "d"])
+    split = np.array(["train", "test", "train", "train"])
+    r = tamis.scan({"embeddings": emb, "image_paths": paths, "split": split}, device="cpu",
+                   checks=["invalid", "exact_duplicate", "near_duplicate", "leakage"])
+    ex = r.exclusions.to_pylist()
+    assert [e["row"] for e in ex] == [1, 3]
+    assert ex[0]["reason"] == "exact_duplicate,near_duplicate,leakage"
+    assert ex[0]["score"] == 0.0                 # exact_duplicate scores a copy 0
+    assert ex[1]["reason"] == "invalid" and ex[1]["score"] == 0.0
+    assert r.summary["n_excluded"] == 2
+
+
+def test_summary_records_in_memory_parameters_without_their_data(tmp_path, small_columns):
+    refs = {"embeddings": small_columns["embeddings"][::3], "labels": small_columns["labels"][::3]}
+    tamis.scan(small_columns, device="cpu", params={"off_topic": {"references": refs}}, out=tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    described = summary["checks"]["off_topic"]["params"]["references"]
+    assert described.startswith("<in-memory data") and "(20, 16)" in described
+    assert summary["config"]["params"]["off_topic"]["references"] == described
+    assert (tmp_path / "summary.json").stat().st_size < 20_000

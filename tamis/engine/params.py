@@ -100,3 +100,24 @@ def coerce(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def summarise(value: Any) -> Any:
+    """``value`` as it goes into summary.json: plain values as they are, data as a short description.
+
+    A parameter may hold a whole store (off_topic's in-memory references); the summary records
+    what it was, never the arrays themselves.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value) and \
+            all(v is None or isinstance(v, (bool, int, float, str, dict)) for v in value.values()):
+        return {k: summarise(v) for k, v in value.items()}
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"<{type(value).__name__} of shape {tuple(shape)}>"
+    if isinstance(value, dict):
+        return "<in-memory data: " + ", ".join(f"{k}={summarise(v)}" for k, v in value.items()) + ">"
+    return f"<{type(value).__name__}>"

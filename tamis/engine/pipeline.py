@@ -23,7 +23,7 @@ from .backend import DEVICES, Backend, resolve_backend
 from .checks import REGISTRY, CheckResult, make_checks
 from .context import RunContext
 from .neighbors import largest_graph
-from .params import Interval, Options, validate_params
+from .params import Interval, Options, summarise, validate_params
 from .progress import Progress
 from .readers import load_store
 from .report import Report
@@ -65,10 +65,7 @@ class ScanConfig:
     }
 
     def validate(self) -> "ScanConfig":
-        validate_params("scan", {"device": self.device, "precision": self.precision,
-                                 "projection": self.projection, "projection_dims": self.projection_dims,
-                                 "threshold": self.threshold,
-                                 "pair_engine": self.pair_engine, "k": self.k, "knn_engine": self.knn_engine},
+        validate_params("scan", {name: getattr(self, name) for name in self._parameter_constraints},
                         self._parameter_constraints)
         if self.checks is not None and not self.checks:
             raise ConfigError("checks=[] names no check; leave it out to run every check that applies")
@@ -77,6 +74,7 @@ class ScanConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["columns"] = self.columns.as_dict()
+        d["params"] = summarise(self.params)
         return d
 
 
@@ -247,8 +245,8 @@ def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backen
         "split": store.split if store.split is not None else pa.nulls(n, pa.string()),
     }
     tables: dict[str, pa.Table] = {}
-    excluded: dict[int, tuple[list[str], float]] = {}
-    for check in runnable:
+    ex_rows_parts, ex_check_parts, ex_score_parts = [], [], []
+    for position, check in enumerate(runnable):
         result = results[check.name]
         columns[check.issue_column()] = pa.array(np.asarray(result.flags, dtype=bool))
         columns[check.score_column()] = pa.array(np.asarray(result.scores, dtype=np.float64), from_pandas=True)
@@ -259,22 +257,12 @@ def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backen
             if name in tables or name in ("samples", "exclude", "summary"):
                 raise RuntimeError(f"check {check.name!r} reports table {name!r}, a name already taken")
             tables[name] = table
-        scores = np.asarray(result.scores, dtype=np.float64)
-        for r in np.unique(np.asarray(result.exclude, dtype=np.int64)).tolist():
-            reasons, score = excluded.get(r, ([], 1.0))
-            s = scores[r]
-            excluded[r] = (reasons + [check.name], min(score, float(s)) if s == s else score)
+        rows_ex = np.unique(np.asarray(result.exclude, dtype=np.int64))
+        ex_rows_parts.append(rows_ex)
+        ex_check_parts.append(np.full(len(rows_ex), position))
+        ex_score_parts.append(np.asarray(result.scores, dtype=np.float64)[rows_ex])
     samples = pa.table(columns)
-
-    ex_rows = np.array(sorted(excluded), dtype=np.int64)
-    take = pa.array(ex_rows, type=pa.int64())
-    exclusions = pa.table({
-        "row": take,
-        "id": samples["id"].take(take),
-        "path": samples["path"].take(take),
-        "reason": pa.array([",".join(excluded[r][0]) for r in ex_rows.tolist()], type=pa.string()),
-        "score": pa.array([excluded[r][1] for r in ex_rows.tolist()], type=pa.float64()),
-    })
+    exclusions = _exclusions(samples, [c.name for c in runnable], ex_rows_parts, ex_check_parts, ex_score_parts)
 
     summary = {
         "tamis_version": __version__,
@@ -292,12 +280,33 @@ def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backen
         "checks_run": [c.name for c in runnable],
         "checks_skipped": skipped,
         "issues": {c.name: int(np.asarray(results[c.name].flags).sum()) for c in runnable},
-        "n_excluded": len(ex_rows),
-        "checks": {c.name: {"params": c.get_params(), **results[c.name].summary} for c in runnable},
+        "n_excluded": exclusions.num_rows,
+        "checks": {c.name: {"params": summarise(c.get_params()), **results[c.name].summary} for c in runnable},
         "timings": timings,
         "versions": _versions(backend),
     }
     return Report(samples=samples, summary=summary, exclusions=exclusions, tables=tables)
+
+
+def _exclusions(samples: pa.Table, names: list[str], rows: list, checks: list, scores: list) -> pa.Table:
+    """One row per excluded input row: its reasons in check order, comma-joined, and the lowest
+    score among them (1.0 where no excluding check scored it)."""
+    row = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+    check = np.concatenate(checks) if checks else np.empty(0, dtype=np.int64)
+    score = np.concatenate(scores) if scores else np.empty(0)
+    order = np.lexsort((check, row))
+    row, check, score = row[order], check[order], np.nan_to_num(score[order], nan=1.0)
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if len(row) else np.empty(0, dtype=np.int64)
+    labels = np.array(names + [""], dtype=object)[check]
+    reasons = [",".join(part) for part in np.split(labels, starts[1:])] if len(row) else []
+    take = pa.array(row[starts], type=pa.int64())
+    return pa.table({
+        "row": take,
+        "id": samples["id"].take(take),
+        "path": samples["path"].take(take),
+        "reason": pa.array(reasons, type=pa.string()),
+        "score": pa.array(np.minimum.reduceat(score, starts) if len(row) else np.empty(0), type=pa.float64()),
+    })
 
 
 def _versions(backend: Backend) -> dict[str, str]:
