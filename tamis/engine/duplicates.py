@@ -209,6 +209,14 @@ def max_similarity(n: int, pairs: Pairs) -> np.ndarray:
     return best
 
 
+def conflicting_groups(groups: Groups, codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_groups,) True where a group's members carry two or more labels."""
+    if groups.n_groups == 0:
+        return np.zeros(0, dtype=bool)
+    group_index, _, _ = segment_label_stats(groups, codes, n_classes)
+    return np.bincount(group_index, minlength=groups.n_groups) >= 2
+
+
 def segment_label_stats(groups: Groups, codes: np.ndarray, n_classes: int):
     """Per group: label counts (n_groups x n_labels, sparse as dict rows), distinct labels."""
     member_codes = codes[groups.rows]

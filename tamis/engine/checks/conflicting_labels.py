@@ -52,9 +52,9 @@ class ConflictingLabels(Check):
             members = groups.rows[member_conf]
             flags[members] = True
             # share of the group with the member's own label
-            lookup = {(int(g), int(c)): int(k) for g, c, k in zip(g_idx, g_label, g_count) if conflicting[g]}
             mg = member_group[member_conf]
-            own = np.array([lookup[(int(g), int(c))] for g, c in zip(mg, codes[members])], dtype=np.float64)
+            keys = g_idx * len(names) + g_label  # ascending: segment_label_stats comes from np.unique
+            own = g_count[np.searchsorted(keys, mg * len(names) + codes[members])].astype(np.float64)
             scores[members] = own / sizes[mg]
             drop = []
             for g in np.flatnonzero(conflicting):

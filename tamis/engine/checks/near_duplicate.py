@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..duplicates import (KEEP_POLICIES, group_table, groups_of, keep_one, max_similarity, near_groups, pairs_at,
-                          resolve_threshold, segment_label_stats)
+from ..duplicates import (KEEP_POLICIES, conflicting_groups, group_table, groups_of, keep_one, max_similarity,
+                          near_groups, pairs_at, resolve_threshold)
 from ..params import Interval, Options
 from .base import Check, CheckResult
 
@@ -74,9 +74,12 @@ class NearDuplicate(Check):
             "histogram": _histogram(every),
         }
         if self.sweep:
-            summary["sweep"] = [{"threshold": t, "n_pairs": int(len(every.at(t))),
-                                 "n_groups": int(groups_of(ctx.n, every.at(t).row_a, every.at(t).row_b).n_groups)}
-                                for t in sorted(set(SWEEP) | {float(threshold)}) if t >= base]
+            summary["sweep"] = []
+            for t in sorted(set(SWEEP) | {float(threshold)}):
+                if t >= base:
+                    at = every.at(t)
+                    summary["sweep"].append({"threshold": t, "n_pairs": int(len(at)),
+                                             "n_groups": int(groups_of(ctx.n, at.row_a, at.row_b).n_groups)})
         tables = {
             "pairs": pa.table({"row_a": pa.array(pairs.row_a, type=pa.int64()),
                                "row_b": pa.array(pairs.row_b, type=pa.int64()),
@@ -101,10 +104,9 @@ def _group_kinds(ctx, groups, emb) -> np.ndarray:
 
 def _conflicting(ctx, groups) -> np.ndarray:
     """(n_groups,) True where a group's members carry two or more labels (False without labels)."""
-    if ctx.store.labels is None or groups.n_groups == 0:
+    if ctx.store.labels is None:
         return np.zeros(groups.n_groups, dtype=bool)
-    group_index, _, _ = segment_label_stats(groups, ctx.label_codes, len(ctx.label_names))
-    return np.bincount(group_index, minlength=groups.n_groups) >= 2
+    return conflicting_groups(groups, ctx.label_codes, len(ctx.label_names))
 
 
 def _cross_split(ctx, pairs) -> np.ndarray:
