@@ -197,3 +197,15 @@ def test_invalid_rows_never_join_a_group():
     r = tamis.scan({"embeddings": emb, "image_paths": paths}, device="cpu")
     assert 2 not in flagged(r, "near_duplicate") | flagged(r, "exact_duplicate")
     assert r.exclusions.to_pandas().set_index("row").loc[2, "reason"] == "invalid"
+
+
+def test_runs_pair_each_first_position_with_the_rest_of_its_run():
+    from tamis.engine.checks.exact_duplicate import _runs
+
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 7, 50):
+        keys = rng.integers(0, 5, n).astype(np.uint64)
+        first, other = _runs(keys)
+        expected = sorted((int(np.flatnonzero(keys == keys[j])[0]), j) for j in range(n)
+                          if np.flatnonzero(keys == keys[j])[0] != j)
+        assert sorted(zip(first.tolist(), other.tolist())) == expected

@@ -65,16 +65,11 @@ def _identical_rows(ctx, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         part = xp.ascontiguousarray(xp.asarray(emb[start:start + len(take)] if contiguous else emb[take]))
         words = part.view(xp.uint32) if part.dtype.itemsize >= 4 else part.view(xp.uint16)
         hashes[start:start + len(take)] = ctx.backend.to_host((words.astype(xp.uint64) * mult).sum(axis=1))
-    order = np.argsort(hashes, kind="stable")
-    sorted_h = hashes[order]
-    same = np.flatnonzero(sorted_h[1:] == sorted_h[:-1])
-    if not len(same):
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty
-    # candidates: consecutive rows with one hash; confirm word for word (hash collisions are possible)
-    first_of_run = np.maximum.accumulate(np.where(np.r_[True, sorted_h[1:] != sorted_h[:-1]],
-                                                  np.arange(len(sorted_h)), 0))
-    a, b = rows[order[first_of_run[same + 1]]], rows[order[same + 1]]
+    # candidates: rows sharing a hash; confirmed word for word (hash collisions are possible)
+    first, other = _runs(hashes)
+    if not len(first):
+        return first, other
+    a, b = rows[first], rows[other]
     left = ctx.backend.to_host(xp.asarray(emb[a]))
     right = ctx.backend.to_host(xp.asarray(emb[b]))
     equal = (left.view(np.uint8).reshape(len(a), -1) == right.view(np.uint8).reshape(len(b), -1)).all(axis=1)
@@ -83,10 +78,18 @@ def _identical_rows(ctx, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _equal_values(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (first row, other row) of rows holding the same value."""
-    codes = pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    order = np.argsort(codes, kind="stable")
-    sorted_c = codes[order]
-    same = np.flatnonzero(sorted_c[1:] == sorted_c[:-1])
-    first_of_run = np.maximum.accumulate(np.where(np.r_[True, sorted_c[1:] != sorted_c[:-1]],
-                                                  np.arange(len(sorted_c)), 0))
-    return order[first_of_run[same + 1]].astype(np.int64), order[same + 1].astype(np.int64)
+    return _runs(pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False).astype(np.int64))
+
+
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (first, other) pairing the first position of each run of equal keys with every
+    other position of that run; first positions are the smallest of their run."""
+    if len(keys) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]]
+    first_of_run = np.maximum.accumulate(np.where(starts, np.arange(len(ordered)), 0))
+    same = np.flatnonzero(~starts)
+    return order[first_of_run[same]].astype(np.int64), order[same].astype(np.int64)
