@@ -23,6 +23,7 @@ examples:
   tamis scan shards/ --embedding-col clip_emb --label-col class
   tamis scan store.parquet --device gpu --checks invalid,class_imbalance
   tamis scan store.npz --param class_imbalance.min_fraction=0.1
+  tamis scan store.npz --engine faiss --param search.index=ivf   FAISS candidates, canonical answers
   tamis scan store.npz --references trusted.npz   also find off-topic rows per class
   tamis scan shards/ --workers 2 --no-projection   heavy steps on a local Dask cluster, out of core
   tamis scan shards/ --scheduler tcp://head:8786   ... on a running Dask cluster
@@ -78,11 +79,15 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="where to compute (default: %(default)s: the GPU when one is usable)")
     p.add_argument("--checks", metavar="A,B,C", help="run only these checks (default: all that apply)")
     p.add_argument("--param", action="append", default=[], metavar="CHECK.NAME=VALUE",
-                   help="set a check parameter; repeatable")
+                   help="set a check parameter (or search.NAME for the engine's); repeatable")
     p.add_argument("--threshold", type=float, default=0.95, metavar="COS",
                    help="cosine similarity at or above which two rows are near duplicates (default: %(default)s)")
-    p.add_argument("--exact", action="store_true",
-                   help="use the exact all-pairs engine for duplicates even where the partitioned one is faster")
+    from .engine.search import engine_names
+
+    p.add_argument("--engine", choices=engine_names(), default=None,
+                   help="similarity search for pairs and neighbours (default: auto: exact for small stores, "
+                        "else ivf; exact gives identical answers on every device; faiss when installed)")
+    p.add_argument("--exact", action="store_true", help="alias of --engine exact")
     p.add_argument("--k", type=int, default=None, metavar="K",
                    help="neighbours per row in the shared neighbour graph (default: 10)")
     p.add_argument("--references", metavar="STORE",
@@ -100,6 +105,12 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log each step")
     p.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
+
+
+def _engine(args: argparse.Namespace) -> str:
+    if args.exact and args.engine not in (None, "exact"):
+        raise ConfigError(f"--exact and --engine {args.engine} contradict each other; pass one of them")
+    return "exact" if args.exact else (args.engine or "auto")
 
 
 def _parse_params(items: Sequence[str]) -> dict[str, dict]:
@@ -170,7 +181,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     cluster = {name: getattr(args, name, None) for name in ("workers", "scheduler", "partition_rows")}
     report = scan(source, **cluster, checks=args.checks, params=params, device=args.device, precision=args.precision,
                   k=args.k,
-                  threshold=args.threshold, pair_engine="exact" if args.exact else "auto",
+                  threshold=args.threshold, engine=_engine(args), search_params=params.pop("search", {}),
                   projection="none" if args.no_projection else args.projection,
                   projection_dims=args.projection_dims, plots=args.plots, image_root=args.image_root,
                   columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out)

@@ -55,7 +55,7 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single(store):
-    return tamis.scan(store, device="cpu", pair_engine="exact", knn_engine="exact")
+    return tamis.scan(store, device="cpu", engine="exact")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,8 @@ def _assert_same(a: tamis.Report, b: tamis.Report) -> None:
     for check, result in a.summary["checks"].items():
         assert result.keys() == b.summary["checks"][check].keys()
     np.testing.assert_array_equal(a.knn[0], b.knn[0])
-    np.testing.assert_allclose(a.knn[2], b.knn[2], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.knn[1], b.knn[1])         # canonical similarities: the same lists,
+    np.testing.assert_array_equal(a.knn[2], b.knn[2])         # bit for bit, however the rows are cut
 
 
 def test_two_workers_give_the_single_process_answers(store, single, client):
@@ -91,30 +92,35 @@ def test_two_workers_give_the_single_process_answers(store, single, client):
     _assert_same(single, report)
     info = report.summary["distributed"]
     assert info["n_workers"] == 2 and info["n_partitions"] == 11
-    assert info["engines"] == {"pairs": "exact", "knn": "exact"}
+    assert info["engines"] == {"pairs": "exact", "neighbours": "exact"}
+    assert report.summary["search"]["neighbours"]["engine"] == "exact"
     assert report.counts()["near_duplicate"] >= 80 and report.counts()["exact_duplicate"] >= 40
 
 
-def test_neighbour_indices_match_where_similarities_are_not_tied(single, store, client):
+def test_neighbour_lists_do_not_depend_on_the_partitioning(single, store, client):
     report = tamis.scan(store, client=client, checks=["outlier"], partition_rows=700)
     rows, idx, sims = single.knn
-    same = idx == report.knn[1]
-    tied = np.zeros_like(same)
-    tied[:, 1:] |= np.isclose(sims[:, 1:], sims[:, :-1], rtol=0, atol=1e-6)
-    tied[:, :-1] |= np.isclose(sims[:, :-1], sims[:, 1:], rtol=0, atol=1e-6)
-    assert same[~tied].all()
+    np.testing.assert_array_equal(idx, report.knn[1])           # ties included: broken by row id
+    np.testing.assert_array_equal(sims, report.knn[2])
 
 
 def test_bucketed_engines_never_invent_a_pair(store, single, client):
-    report = tamis.scan(store, client=client, pair_engine="partitioned", knn_engine="approximate",
+    report = tamis.scan(store, client=client, engine="ivf",
                         checks=["near_duplicate", "outlier"], partition_rows=600)
     exact, found = single.tables["pairs"], report.tables["pairs"]
     key = {(a, b): s for a, b, s in zip(*(exact[c].to_pylist() for c in ("row_a", "row_b", "similarity")))}
     pairs = list(zip(*(found[c].to_pylist() for c in ("row_a", "row_b", "similarity"))))
     assert all(key[(a, b)] == s for a, b, s in pairs)              # true pairs, exact similarities
     assert len(pairs) >= 0.95 * len(key)
-    info = report.summary["distributed"]["engines"]
-    assert info["pairs"] == "partitioned" and info["knn"] == "approximate" and info["knn_recall_sample"] > 0.9
+    assert report.summary["distributed"]["engines"] == {"pairs": "ivf", "neighbours": "ivf"}
+    info = report.summary["search"]
+    assert info["pairs"]["engine"] == "ivf" and info["pairs"]["recall"] >= 0.95
+    assert info["neighbours"]["engine"] == "ivf" and info["neighbours"]["recall"] > 0.9
+    # every neighbour reported carries its canonical similarity (that of the exact graph where both list it)
+    exact_rows, exact_idx, exact_sims = single.knn
+    lookup = {(r, j): s for r, row_i, row_s in zip(exact_rows, exact_idx, exact_sims) for j, s in zip(row_i, row_s)}
+    shared = [(r, j, s) for r, row_i, row_s in zip(*report.knn) for j, s in zip(row_i, row_s) if (r, j) in lookup]
+    assert shared and all(lookup[(r, j)] == s for r, j, s in shared)
     assert (report.knn[1] >= 0).all()
 
 

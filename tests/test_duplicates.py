@@ -54,10 +54,10 @@ def precision_recall(found, truth):
     return tp / max(1, len(found)), tp / max(1, len(truth))
 
 
-@pytest.mark.parametrize("engine", ["exact", "partitioned"])
+@pytest.mark.parametrize("engine", ["exact", "ivf"])
 def test_planted_duplicates_are_found(engine, device):
     cols, truth = planted()
-    report = tamis.scan(cols, device=device, pair_engine=engine)
+    report = tamis.scan(cols, device=device, engine=engine)
     for check, expected in (("exact_duplicate", truth["exact"]), ("near_duplicate", truth["near"]),
                             ("conflicting_labels", truth["conflict"]), ("leakage", truth["leak_eval"])):
         p, r = precision_recall(flagged(report, check), expected)
@@ -66,9 +66,9 @@ def test_planted_duplicates_are_found(engine, device):
 
 def test_engines_and_backends_give_the_same_pairs(device):
     cols, _ = planted(seed=3)
-    exact = tamis.scan(cols, device="cpu", pair_engine="exact")
-    for engine in ("exact", "partitioned"):
-        other = tamis.scan(cols, device=device, pair_engine=engine)
+    exact = tamis.scan(cols, device="cpu", engine="exact")
+    for engine in ("exact", "ivf"):
+        other = tamis.scan(cols, device=device, engine=engine)
         assert other.tables["pairs"].equals(exact.tables["pairs"]), engine
         assert other.tables["groups"].equals(exact.tables["groups"]), engine
         for check in ("near_duplicate", "conflicting_labels", "leakage", "exact_duplicate"):

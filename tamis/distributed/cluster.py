@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._optional import has_module, optional_import
+from ..engine.search.registry import choose
 from ..engine.store import ColumnSpec, Store
 from ..errors import ConfigError, TamisError
 from .blocked import DiskMatrix
@@ -38,9 +39,8 @@ from .tasks import ReadSpec, drop_cache, knn_partition, pair_block
 
 log = logging.getLogger("tamis")
 
-#: engine="auto": exact all-pairs / exact kNN while M * M * d is at most this per worker
-#: (the single-process CPU rule of tamis.engine.pairsearch, and 1.3e14 on GPU workers)
-EXACT_WORK = {"cpu": 2.1e11, "gpu": 1.3e14}
+#: engines the Dask executor runs (faiss indexes live in one process)
+ENGINES = ("exact", "ivf")
 
 
 class ClusterError(TamisError, RuntimeError):
@@ -67,10 +67,10 @@ class ClusterBuilder:
         self.state: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ artefacts
-    def pairs(self, ctx, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row_a, row_b, similarity) in valid-row space, sorted, as :func:`find_pairs` returns them."""
+    def pairs(self, ctx, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """(row_a, row_b, similarity, info) in valid-row space, sorted, as :func:`find_pairs` gives them."""
         parts, counts, offsets = self._layout(ctx)
-        engine = self._engine("pairs", ctx.options["pair_engine"], len(ctx.valid_rows))
+        engine = self._engine("pairs", ctx.options["engine"], len(ctx.valid_rows))
         if engine != "exact":
             from .buckets import bucket_pairs_on
             return bucket_pairs_on(self, ctx, parts, counts, offsets, threshold)
@@ -78,19 +78,20 @@ class ClusterBuilder:
                               float(threshold)), f"pairs-{threshold}-{parts[i].index}-{parts[j].index}")
                 for i in range(len(parts)) for j in range(i, len(parts))]
         found = self.run(jobs, "pair search")
-        return _sorted_pairs(found, len(ctx.valid_rows))
+        return (*_sorted_pairs(found, len(ctx.valid_rows)), {"engine": "exact", "exact": True, "recall": 1.0})
 
-    def knn(self, ctx, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, similarities), each (M, k), as :func:`tamis.engine.knn.exact_knn` returns them."""
+    def knn(self, ctx, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(indices, similarities, info), each (M, k), as :func:`tamis.engine.search.knn_graph` gives them."""
         parts, counts, offsets = self._layout(ctx)
-        engine = self._engine("knn", ctx.options["knn_engine"], len(ctx.valid_rows))
+        engine = self._engine("neighbours", ctx.options["engine"], len(ctx.valid_rows))
         if engine != "exact":
             from .buckets import bucket_knn_on
             return bucket_knn_on(self, ctx, parts, counts, offsets, k)
         jobs = [(knn_partition, (self.spec, tuple(parts), tuple(counts), tuple(offsets), i, int(k)),
                  f"knn-{k}-{parts[i].index}") for i in range(len(parts))]
         lists = self.run(jobs, "neighbour graph")
-        return np.concatenate([r[0] for r in lists]), np.concatenate([r[1] for r in lists])
+        return (np.concatenate([r[0] for r in lists]), np.concatenate([r[1] for r in lists]),
+                {"engine": "exact", "exact": True, "recall": 1.0})
 
     # ------------------------------------------------------------------ plumbing
     def _layout(self, ctx) -> tuple[list[Partition], list[int], list[int]]:
@@ -106,11 +107,15 @@ class ClusterBuilder:
         return parts, counts, offsets
 
     def _engine(self, what: str, asked: str, m: int) -> str:
+        """The engine for ``what`` (``pairs`` / ``neighbours``): the one ``auto`` rule of
+        :func:`tamis.engine.search.choose`, with the work shared by the workers."""
         if asked == "auto":
             device = "gpu" if self.spec.device == "gpu" else "cpu"
-            exact = float(m) * m * self.spec.dim <= EXACT_WORK[device] * self.n_workers
-            chosen = "exact" if exact else ("partitioned" if what == "pairs" else "approximate")
+            chosen = choose(what, m, self.spec.dim, device, self.n_workers)
             log.info("distributed %s: %s engine for %d rows on %d workers", what, chosen, m, self.n_workers)
+        elif asked not in ENGINES:
+            raise ConfigError(f"engine={asked!r} does not run on a Dask cluster (it runs: {', '.join(ENGINES)}, "
+                              "auto); scan without --workers/--scheduler to use it")
         else:
             chosen = asked
         self.engines[what] = chosen
@@ -282,4 +287,4 @@ def _local_cluster(workers: int, device: str, distributed: Any) -> Any:
                                     dashboard_address=":0", silence_logs=logging.ERROR)
 
 
-__all__ = ["ClusterBuilder", "ClusterError", "Session", "open_session", "EXACT_WORK"]
+__all__ = ["ClusterBuilder", "ClusterError", "Session", "open_session"]

@@ -13,10 +13,13 @@ broken file); both are keyed by the scan's token and dropped at the end of the s
 Units of work, all returning small host arrays:
 
 * :func:`pair_block` -- the near-duplicate pairs between two partitions
-  (:func:`tamis.engine.pairsearch.pairs_in_block`; upper triangle on the diagonal);
-* :func:`knn_partition` -- the exact top-k of one partition's rows against every
-  partition, merged tile by tile with :func:`tamis.kernels.topk.merge_topk`;
-* :func:`sample_rows` -- rows for the bucketed engines' k-means (whose tasks are in
+  (:func:`tamis.engine.search.exact.pairs_in_block`, the local exact engine's unit of work;
+  upper triangle on the diagonal);
+* :func:`knn_partition` -- the certified exact top-k of one partition's rows against every
+  partition (:func:`tamis.engine.search.exact.exact_rows`, the local engine's tile loop
+  and canonical refinement, with the partitions as the column blocks);
+* :func:`sample_pairs` -- the true pairs of sampled rows, for the bucketed pair search's recall;
+* :func:`sample_rows` -- rows for the ivf engine's k-means (whose tasks are in
   :mod:`tamis.distributed.buckets`).
 
 The worker's device is chosen once per process from the scan's ``device`` (``auto``: its
@@ -38,16 +41,17 @@ import numpy as np
 
 from ..engine.backend import Backend, resolve_backend
 from ..engine.context import NORMALISE_BLOCK_BYTES, scaled_rows, squared_norms
-from ..engine.knn import DEFAULT_MEMORY_BYTES
-from ..engine.pairsearch import pairs_in_block
+from ..engine.search.exact import exact_rows, pairs_in_block
+from ..engine.search.refine import block_scorer, rescore_pairs
+from ..engine.search.rows import tile_dtype, tile_margin
+from ..engine.search.tiles import pair_strip, plan_for
 from ..errors import InputError
-from ..kernels.topk import empty_topk, merge_topk
 from .partitions import Partition, read_partition
 
 #: partitions kept in memory per worker process (the two a pair block needs)
 MEMORY_CACHE = 2
-#: query rows per tile in the kNN tasks
-KNN_QUERY_ROWS = 4096
+#: working memory of one task's tiles (the local CPU engine's budget)
+TASK_MEMORY_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -158,49 +162,61 @@ def pair_block(spec: ReadSpec, a: Partition, b: Partition, n_valid: tuple[int, i
     """Pairs (valid-row ids) between partitions ``a`` and ``b`` with similarity >= ``threshold``.
 
     ``offsets`` are the partitions' valid-row offsets; ``a == b`` searches the upper triangle.
-    Cost: ``n_a n_b d`` multiply-adds (half on the diagonal); memory: the two partitions in
-    float32 plus :func:`pairs_in_block`'s 256 MiB (CPU) / 2 GiB (GPU) working budget.
+    Cost: ``n_a n_b d`` multiply-adds (half on the diagonal); memory: the two partitions plus
+    the engine's 256 MiB (CPU) / 2 GiB (GPU) working budget.
     """
     xp = worker_backend(spec.device).xp
-    xa = xp.asarray(load_partition(spec, a, n_valid[0]), dtype=xp.float32)
-    xb = xa if a.index == b.index else xp.asarray(load_partition(spec, b, n_valid[1]), dtype=xp.float32)
-    return pairs_in_block(xa, xb, offsets[0], offsets[1], threshold, xp=xp, upper=a.index == b.index)
+    xa = xp.asarray(load_partition(spec, a, n_valid[0]))
+    xb = xa if a.index == b.index else xp.asarray(load_partition(spec, b, n_valid[1]))
+    r, c, s = pairs_in_block(xa, xb, offsets[0], offsets[1], threshold, xp, upper=a.index == b.index)
+    return _host(r), _host(c), _host(s)
+
+
+def partition_loader(spec: ReadSpec, parts: tuple[Partition, ...], n_valid: tuple[int, ...], xp: Any):
+    """``load(j)``: partition ``j``'s normalised rows on the worker's device."""
+    return lambda j: xp.asarray(load_partition(spec, parts[j], n_valid[j]))
 
 
 def knn_partition(spec: ReadSpec, parts: tuple[Partition, ...], n_valid: tuple[int, ...],
-                  offsets: tuple[int, ...], i: int, k: int, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                  offsets: tuple[int, ...], i: int, k: int, memory_bytes: int = TASK_MEMORY_BYTES,
                   local: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k (valid-row ids, similarities) of partition ``i``'s rows (or of its rows
-    ``local``) against all partitions.
+    """Certified exact top-k (valid-row ids, canonical similarities) of partition ``i``'s rows
+    (or of its rows ``local``) against all partitions.
 
-    Tiles of :data:`KNN_QUERY_ROWS` query rows x ``memory_bytes / (6 x 4096)`` columns, merged
-    with :func:`merge_topk` (self excluded by global row), partitions in order. Cost:
-    ``n_i M d`` multiply-adds; memory: two partitions, one tile, the (n_i, k) lists.
+    The local exact engine's code (:func:`~tamis.engine.search.exact.exact_rows`) with the
+    partitions as column blocks, so the lists are identical to a single-process scan's.
+    Cost: ``n_i M d`` multiply-adds plus ``O(n_i c d)`` float64; memory: two partitions, one
+    tile, the (n_i, c) lists. Each pass over the columns reads the partitions once.
     """
     xp = worker_backend(spec.device).xp
-    own = xp.asarray(load_partition(spec, parts[i], n_valid[i]), dtype=xp.float32)
+    load = partition_loader(spec, parts, n_valid, xp)
+    own = load(i)
     queries = own if local is None else own[xp.asarray(local)]
-    m = int(queries.shape[0])
-    best_sim, best_idx = empty_topk(m, k, xp)
-    rows = min(KNN_QUERY_ROWS, max(1, m))
-    cols = max(64, memory_bytes // (6 * rows))
-    for j, part in enumerate(parts):
-        if n_valid[j] == 0:
-            continue
-        columns = own if j == i else xp.asarray(load_partition(spec, part, n_valid[j]), dtype=xp.float32)
-        for q0 in range(0, m, rows):
-            q1 = min(m, q0 + rows)
-            for c0 in range(0, int(columns.shape[0]), cols):
-                tile = queries[q0:q1] @ columns[c0:c0 + cols].T
-                row0 = offsets[i] + q0
-                if local is not None:          # scattered query rows: exclude each one's own column
-                    row0, self_col = None, xp.asarray(local[q0:q1]) - c0
-                    if j == i:
-                        inside = (self_col >= 0) & (self_col < tile.shape[1])
-                        tile[xp.flatnonzero(inside), self_col[inside]] = -np.inf
-                best_sim[q0:q1], best_idx[q0:q1] = merge_topk(tile, offsets[j] + c0, row0,
-                                                              best_sim[q0:q1], best_idx[q0:q1], k, xp)
-    return _host(best_idx), _host(best_sim)
+    ids = xp.arange(offsets[i], offsets[i] + n_valid[i], dtype=xp.int64) if local is None else \
+        xp.asarray(np.asarray(local, dtype=np.int64) + offsets[i])
+    live = [j for j in range(len(parts)) if n_valid[j]]
+    score_rows = block_scorer(queries, list(offsets), list(n_valid), load, xp)
+    idx, sims, _ = exact_rows(queries, ids, lambda: ((offsets[j], load(j)) for j in live), k, xp, memory_bytes,
+                              score_rows, sum(n_valid) - 1, tile_dtype(queries, xp, False))
+    return idx, sims
+
+
+def sample_pairs(spec: ReadSpec, part: Partition, n_valid: int, offset: int, queries: np.ndarray,
+                 query_ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The true pairs ``(query id, row id)`` between sampled rows and partition ``part``'s rows
+    (canonical similarity >= ``threshold``, a row never with itself)."""
+    xp = worker_backend(spec.device).xp
+    x = xp.asarray(load_partition(spec, part, n_valid))
+    Q = xp.asarray(queries)
+    plan = plan_for(xp)
+    dtype = tile_dtype(x, xp, plan.pair_dtype == "float16")
+    _, cols = plan.tile_shape(plan.memory_bytes, None, np.dtype(dtype).itemsize)
+    r, c = pair_strip(Q, x, (0, int(Q.shape[0])), 0, 0, threshold - tile_margin(int(x.shape[1]), dtype), False,
+                      cols, dtype, xp)
+    r, c, _ = rescore_pairs(Q, x, r, c, threshold, xp)
+    qa, cb = np.asarray(query_ids)[_host(r)], _host(c) + offset
+    keep = qa != cb
+    return qa[keep], cb[keep]
 
 
 def sample_rows(spec: ReadSpec, part: Partition, n_valid: int, local: np.ndarray) -> np.ndarray:

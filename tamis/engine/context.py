@@ -47,7 +47,11 @@ class RunContext:
         #: a distributed scan keeps it in a local file read in blocks
         self.allocate = allocate
         #: scan-level settings shared by several checks (e.g. the duplicate threshold)
-        self.options = {"threshold": 0.95, "pair_engine": "auto", "k": None, "knn_engine": "auto", **(options or {})}
+        self.options = {"threshold": 0.95, "engine": "auto", "k": None, **(options or {})}
+        #: what the similarity search ran (engine, exactness, measured recall), for summary.json
+        self.search_info: dict[str, dict] = {}
+        #: shared between the pair search and the neighbour graph (e.g. the ivf engine's k-means)
+        self.search_state: dict = {}
         self.backend = backend
         self.xp = backend.xp
         self.precision = precision

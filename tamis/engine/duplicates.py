@@ -21,7 +21,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
-from .pairsearch import find_pairs
+from .search import find_pairs
 
 KEEP_POLICIES = ("first", "central", "quality")
 
@@ -79,11 +79,14 @@ def pairs_at(ctx, threshold: float) -> Pairs:
 
     def build() -> Pairs:
         if ctx.cluster is not None:  # searched on the cluster's workers, same result format
-            a, b, sim = ctx.cluster.pairs(ctx, threshold)
+            a, b, sim, info = ctx.cluster.pairs(ctx, threshold)
         else:
             with ctx.progress.task("pair search", total=len(ctx.valid_rows)) as advance:
-                a, b, sim = find_pairs(ctx.embeddings, threshold, engine=ctx.options["pair_engine"], xp=ctx.xp,
-                                       progress=advance)
+                result = find_pairs(ctx.embeddings, threshold, engine=ctx.options["engine"], xp=ctx.xp,
+                                    progress=advance, state=ctx.search_state,
+                                    **ctx.options.get("search_params", {}))
+            a, b, sim, info = result.row_a, result.row_b, result.similarity, result.info
+        ctx.search_info["pairs"] = {"threshold": float(threshold), **info}
         rows = ctx.valid_rows
         return Pairs(rows[a], rows[b], sim.astype(np.float32), threshold)
 

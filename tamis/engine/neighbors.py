@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from .knn import knn_graph
+from .search import knn_graph
 
 
 #: neighbours per row when neither the check nor the scan names k
@@ -47,20 +47,24 @@ def neighbours(ctx, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     def build():
         if ctx.cluster is not None:  # built on the cluster's workers, same result format
-            return ctx.cluster.knn(ctx, k)
-        with ctx.progress.task(f"neighbours (k={k})", total=None) as advance:
-            return knn_graph(ctx.embeddings, k, engine=ctx.options["knn_engine"], xp=ctx.xp,
-                             progress=lambda done, total: advance(0))
+            idx, sims, info = ctx.cluster.knn(ctx, k)
+        else:
+            with ctx.progress.task(f"neighbours (k={k})", total=None) as advance:
+                idx, sims, info = _local(ctx, k, advance)
+        ctx.search_info["neighbours"] = {"k": int(k), **info}
+        return idx, sims
 
     return ctx.artifact(("knn", int(k)), build)
+
+
+def _local(ctx, k: int, advance) -> tuple[np.ndarray, np.ndarray, dict]:
+    result = knn_graph(ctx.embeddings, k, engine=ctx.options["engine"], xp=ctx.xp,
+                       progress=lambda done: advance(0), state=ctx.search_state,
+                       **ctx.options.get("search_params", {}))
+    return result.indices, result.similarities, result.info
 
 
 def largest_graph(ctx):
     """The graph with the largest k built in this run, or None."""
     keys = [key for key in ctx._cache if isinstance(key, tuple) and key[0] == "knn"]
     return ctx._cache[max(keys, key=lambda key: key[1])] if keys else None
-
-
-def graph_in_input_rows(ctx, indices: np.ndarray) -> np.ndarray:
-    """Valid-space neighbour indices as input-row numbers."""
-    return ctx.valid_rows[indices]

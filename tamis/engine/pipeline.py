@@ -27,14 +27,15 @@ from .params import Interval, Options, summarise, validate_params
 from .progress import Progress
 from .readers import load_store
 from .report import Report
+from .search import engine_names
 from .store import ColumnSpec, Store
 
 log = logging.getLogger("tamis")
 
 PRECISIONS = ("float32", "float16")
 PROJECTIONS = ("auto", "umap", "tsne", "pca", "none")
-PAIR_ENGINES = ("auto", "exact", "partitioned")
-KNN_ENGINES = ("auto", "exact", "approximate")
+#: the similarity search's engines (tamis.engine.search): auto, exact, ivf, faiss
+ENGINES = engine_names()
 
 
 @dataclass
@@ -48,9 +49,9 @@ class ScanConfig:
     projection: str = "none"
     projection_dims: int = 2
     threshold: float = 0.95
-    pair_engine: str = "auto"
+    engine: str = "auto"
     k: int | None = None
-    knn_engine: str = "auto"
+    search_params: dict = field(default_factory=dict)
     columns: ColumnSpec = field(default_factory=ColumnSpec)
 
     _parameter_constraints = {
@@ -59,9 +60,8 @@ class ScanConfig:
         "projection": Options(PROJECTIONS),
         "projection_dims": Options((2, 3)),
         "threshold": Interval(float, 0, 1, closed="right"),
-        "pair_engine": Options(PAIR_ENGINES),
+        "engine": Options(ENGINES),
         "k": Interval(int, 1, None, none_ok=True),
-        "knn_engine": Options(KNN_ENGINES),
     }
 
     def validate(self) -> "ScanConfig":
@@ -75,13 +75,15 @@ class ScanConfig:
         d = asdict(self)
         d["columns"] = self.columns.as_dict()
         d["params"] = summarise(self.params)
+        d["search_params"] = summarise(self.search_params)
         return d
 
 
 def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str, dict] | None = None,
          device: str | Backend = "auto", precision: str = "float32", projection: str = "none",
          projection_dims: int = 2,
-         threshold: float = 0.95, pair_engine: str = "auto", k: int | None = None, knn_engine: str = "auto",
+         threshold: float = 0.95, engine: str = "auto", k: int | None = None,
+         search_params: dict | None = None,
          columns: ColumnSpec | dict | None = None, progress: bool = False,
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
@@ -102,11 +104,15 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     projection_dims : 2 or 3.
     threshold : cosine similarity at or above which two rows are near duplicates; the default of
         every duplicate-family check's own ``threshold`` parameter.
-    pair_engine : "auto", "exact" (blocked all-pairs) or "partitioned" (k-means buckets) for
-        the duplicate family's pair search.
+    engine : the similarity search behind the pairs and the neighbour graph
+        (:mod:`tamis.engine.search`): "auto" (exact for small stores, else ivf, by one rule on
+        both devices and executors), "exact" (identical answers everywhere), "ivf" (tamis'
+        inverted file, recall measured), or "faiss" (when installed). ``summary.json`` ->
+        ``search`` records what ran and its measured recall.
     k : neighbours per row in the shared neighbour graph (label errors, outliers, split shift);
         default 10, lowered to (valid rows - 1) for tiny stores. An explicit k >= valid rows is an error.
-    knn_engine : "auto", "exact" or "approximate" for the neighbour graph.
+    search_params : parameters of the chosen engine, e.g. ``{"n_buckets": 500}`` (ivf) or
+        ``{"index": "ivf", "nprobe": 16}`` (faiss); the CLI's ``--param search.NAME=VALUE``.
     columns : which column holds what (a :class:`ColumnSpec` or a dict with its fields).
     progress : show progress bars on stderr.
     out : when given, the report is also saved into this folder (with ``report.html``).
@@ -134,10 +140,13 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     config = ScanConfig(device=device if isinstance(device, str) else device.name, checks=checks,
                         params=dict(params or {}), precision=precision, projection=projection,
                         projection_dims=projection_dims,
-                        threshold=threshold, pair_engine=pair_engine, k=k, knn_engine=knn_engine,
+                        threshold=threshold, engine=engine, k=k, search_params=dict(search_params or {}),
                         columns=columns or ColumnSpec()).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
     distributed = client is not None or workers is not None or scheduler is not None
+    if distributed and config.search_params:
+        raise ConfigError(f"search parameters {sorted(config.search_params)} apply to single-process scans; a Dask "
+                          "scan uses each engine's defaults: drop them or scan without a cluster")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if distributed:  # the client runs the light passes on its CPU; the workers use `device`
@@ -181,8 +190,8 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
     results: dict[str, CheckResult] = {}
     with Progress(enabled=progress) as bars:
         ctx = RunContext(store, backend, precision=config.precision, progress=bars,
-                         options={"threshold": config.threshold, "pair_engine": config.pair_engine,
-                                  "k": config.k, "knn_engine": config.knn_engine},
+                         options={"threshold": config.threshold, "engine": config.engine, "k": config.k,
+                                  "search_params": config.search_params},
                          cluster=session and session.cluster, allocate=session and session.allocate)
         if store.embeddings is not None:
             with ctx.timed("normalise"):
@@ -206,6 +215,7 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
         for axis, name in enumerate("xyz"[:coords.shape[1]]):
             report.samples = report.samples.append_column(
                 f"{info['method']}_{name}", pa.array(ctx.to_rows(coords[:, axis].astype(np.float64)), from_pandas=True))
+    report.summary["search"] = ctx.search_info
     if session is not None:
         report.summary["distributed"] = session.describe()
     return report

@@ -1,0 +1,127 @@
+"""Spherical k-means and the two probe rules of the inverted-file engine (one of each).
+
+The ``ivf`` engine (and the bucketed Dask plan) fits one set of centroids per scan and
+uses it twice: pairs by the *slack rule* (:func:`bucket_members`), neighbours by the
+*nearest-centroids rule* (:func:`probe_order`). Written once against ``xp``; a float16
+matrix is widened one block at a time.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..backend import to_host
+from .tiles import Plan, parallel_map, spans
+
+__all__ = ["spherical_kmeans", "nearest_centroid", "bucket_members", "probe_order"]
+
+
+def spherical_kmeans(X: Any, k: int, iters: int, seed: int, plan: Plan, memory: int,
+                     xp: ModuleType) -> Any:
+    """(k, d) float32 unit centroids fitted on a seeded sample of ``max(32 k, 10,000)`` rows.
+
+    Deterministic on both devices: the segment sums run over label-sorted rows, one slice
+    per centroid (no scattered atomic adds, whose order varies on a GPU); an emptied
+    centroid is re-seeded with the worst-fitting sample row. O(iters * sample * k * d).
+    """
+    n = int(X.shape[0])
+    rng = np.random.default_rng(seed)
+    m = min(n, max(32 * k, 10_000))
+    sample = X[xp.asarray(np.sort(rng.choice(n, m, replace=False)))].astype(xp.float32)
+    centroids = sample[xp.asarray(np.sort(rng.choice(m, k, replace=False)))]
+    block = plan.assign_block(k, memory)
+    for _ in range(iters):
+        labels, best = nearest_centroid(sample, centroids, block, plan, xp)
+        order = xp.argsort(labels * m + xp.arange(m))       # unique keys: any sort agrees
+        grouped = sample[order]
+        bounds = to_host(xp.searchsorted(labels[order], xp.arange(k + 1))).tolist()
+        sums = xp.stack([grouped[bounds[c]:bounds[c + 1]].sum(axis=0, dtype=xp.float64)
+                         for c in range(k)])
+        norms = xp.sqrt((sums * sums).sum(axis=1))
+        empty = xp.flatnonzero(norms < 1e-12)
+        if empty.shape[0]:
+            worst = xp.argsort(best)[:empty.shape[0]]
+            sums[empty] = sample[worst]
+            norms[empty] = xp.sqrt((sums[empty] ** 2).sum(axis=1))
+        centroids = (sums / xp.maximum(norms, 1e-30)[:, None]).astype(xp.float32)
+    return centroids
+
+
+def nearest_centroid(Y: Any, centroids: Any, block: int, plan: Plan,
+                     xp: ModuleType) -> tuple[Any, Any]:
+    """Index (lowest among ties) and similarity of the nearest centroid of every row."""
+    def nearest(span: tuple[int, int]) -> tuple[Any, Any]:
+        sims = Y[span[0]:span[1]].astype(xp.float32) @ centroids.T
+        label = sims.argmax(axis=1)
+        return label, sims[xp.arange(sims.shape[0]), label]
+
+    parts = list(parallel_map(nearest, spans(int(Y.shape[0]), block), plan))
+    return xp.concatenate([p[0] for p in parts]), xp.concatenate([p[1] for p in parts])
+
+
+def bucket_members(X: Any, centroids: Any, probes: int, slack: float, plan: Plan, memory: int,
+                   xp: ModuleType) -> tuple[Any, list[int], list[int]]:
+    """The rows probed into each bucket, each bucket's home rows first (the slack rule).
+
+    Row ``y`` with home bucket ``h`` is probed into bucket ``c`` when
+    ``y.c_h - y.c_c <= slack * |c_h - c_c|``; when more than ``probes`` buckets pass it keeps
+    those with the smallest ``(y.c_h - y.c_c) / |c_h - c_c|``. If ``x.y >= t`` then
+    ``|x - y| <= sqrt(2 - 2t)`` and ``y.c_g - y.c_h <= |x - y| |c_g - c_h|``, so slack
+    ``sqrt(2 - 2t)`` with every bucket allowed misses no pair. Returns ``probe_rows``
+    grouped by bucket (home rows first, ascending within both parts) and host lists
+    ``home_count[b]`` and ``probe_start[b]`` (length k + 1).
+    """
+    n, k = int(X.shape[0]), int(centroids.shape[0])
+    centroid_sims = centroids @ centroids.T
+
+    def assign(span: tuple[int, int]) -> tuple[Any, Any, Any]:
+        sims = X[span[0]:span[1]].astype(xp.float32) @ centroids.T
+        home = sims.argmax(axis=1)
+        best = sims[xp.arange(sims.shape[0]), home]
+        # |c_h - c_c| <= 2, so only buckets within 2 * slack of the best can pass the rule
+        flat = xp.flatnonzero(sims >= (best - 2.0 * slack)[:, None])
+        r, c = flat // k, flat % k
+        value = sims.reshape(-1)[flat]
+        spread = xp.sqrt(xp.maximum(2.0 - 2.0 * centroid_sims[home[r], c], 0.0))
+        ratio = (best[r] - value) / xp.maximum(spread, 1e-12)
+        keep = xp.flatnonzero(ratio <= slack)
+        r, c, ratio = r[keep], c[keep], ratio[keep]
+        ratio = xp.where(c == home[r], -1.0, ratio)                  # home first, always
+        rank = xp.empty_like(r)
+        rank[xp.argsort(ratio, kind="stable")] = xp.arange(r.shape[0])
+        order = xp.argsort(r * r.shape[0] + rank)                    # by row, then by ratio
+        r, c = r[order], c[order]
+        rank = xp.arange(r.shape[0]) - xp.searchsorted(r, r, side="left")
+        keep = rank < probes
+        return r[keep] + span[0], c[keep], home
+
+    parts = list(parallel_map(assign, spans(n, plan.assign_block(k, memory)), plan))
+    row = xp.concatenate([p[0] for p in parts]).astype(xp.int64)
+    bucket = xp.concatenate([p[1] for p in parts]).astype(xp.int64)
+    home = xp.concatenate([p[2] for p in parts]).astype(xp.int64)
+    foreign = (bucket != home[row]).astype(xp.int64)
+    order = xp.argsort((bucket * 2 + foreign) * n + row)
+    home_count = to_host(xp.bincount(home, minlength=k)).tolist()
+    probe_start = [0] + np.cumsum(to_host(xp.bincount(bucket, minlength=k))).tolist()
+    return row[order], home_count, probe_start
+
+
+def probe_order(X: Any, centroids: Any, lo: int, hi: int, xp: ModuleType, memory_bytes: int) -> Any:
+    """(n, hi - lo) xp int64: each row's centroids ranked ``lo .. hi - 1`` by similarity
+    (descending, ties to the lower centroid), in blocks of ``memory_bytes``."""
+    n, k = int(X.shape[0]), int(centroids.shape[0])
+    out = xp.empty((n, hi - lo), dtype=xp.int64)
+    block = max(1, memory_bytes // (16 * k))
+    for r0, r1 in spans(n, block):
+        sims = X[r0:r1].astype(xp.float32) @ centroids.T
+        top = xp.argpartition(-sims, hi - 1, axis=1)[:, :hi] if hi < k else \
+            xp.broadcast_to(xp.arange(k), sims.shape)
+        top_sims = xp.take_along_axis(sims, top, axis=1)
+        first = xp.argsort(top, axis=1, kind="stable")        # ties: lower centroid first
+        top, top_sims = xp.take_along_axis(top, first, axis=1), xp.take_along_axis(top_sims, first, axis=1)
+        order = xp.argsort(-top_sims, axis=1, kind="stable")
+        out[r0:r1] = xp.take_along_axis(top, order, axis=1)[:, lo:hi]
+    return out
