@@ -15,7 +15,7 @@ vectors around 200 sub-clusters per class (cosine ~0.8 within a sub-cluster, ~0.
 class), 1 % near copies (cosine 0.97-0.995) and 0.5 % exact copies of rows of the same block,
 labels, a train/test split.
 ``--units`` times the units of distributed work on this CPU (one ``pairs_in_block`` and one
-``knn_block`` of a given size), the numbers the README's scaling estimate starts from.
+exact neighbour block of a given size), the numbers the README's scaling estimate starts from.
 """
 
 from __future__ import annotations
@@ -89,14 +89,15 @@ import json, sys, time, tamis
 args = json.loads(sys.argv[1])
 t = time.perf_counter()
 report = tamis.scan(args["store"], workers=args["workers"], partition_rows=args["partition_rows"],
-                    checks=args["checks"], projection="none", pair_engine=args["pair_engine"],
-                    knn_engine=args["knn_engine"], precision=args["precision"])
+                    checks=args["checks"], projection="none", engine=args["engine"],
+                    precision=args["precision"])
 scan = time.perf_counter() - t
 t = time.perf_counter()
 if args["out"]:
     report.save(args["out"], html=False)
 print(json.dumps({"scan_s": scan, "write_s": time.perf_counter() - t, "counts": report.counts(),
-                  "timings": report.summary["timings"], "distributed": report.summary["distributed"]}))
+                  "timings": report.summary["timings"], "distributed": report.summary["distributed"],
+                  "search": report.summary["search"]}))
 """
 
 
@@ -107,7 +108,7 @@ def run_scan(store: Path, args: argparse.Namespace) -> dict:
     out = tempfile.mkdtemp(prefix="tamis-ooc-") if args.write else None
     payload = {"store": str(store), "workers": args.workers, "partition_rows": args.partition_rows,
                "checks": args.checks.split(",") if args.checks else None, "out": out,
-               "pair_engine": args.pair_engine, "knn_engine": args.knn_engine, "precision": args.precision}
+               "engine": args.engine, "precision": args.precision}
     env = dict(os.environ, PYTHONPATH=str(ROOT), DASK_LOGGING__DISTRIBUTED="error")
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", SCAN, json.dumps(payload)], stdout=subprocess.PIPE,
@@ -143,10 +144,11 @@ def run_scan(store: Path, args: argparse.Namespace) -> dict:
 
 
 def unit_costs(d: int) -> list[dict]:
-    """Seconds of one pairs_in_block (m x m) and one knn_block (m queries x 4m rows) on this CPU."""
+    """Seconds of one pairs_in_block (m x m) and one exact neighbour block (m queries x 4m rows,
+    the Dask task's unit) on this CPU."""
     sys.path.insert(0, str(ROOT))
-    from tamis.engine.knn import knn_block
-    from tamis.engine.pairsearch import pairs_in_block
+    from tamis.engine.search import SearchOptions
+    from tamis.engine.search.exact import exact_neighbours, pairs_in_block
 
     rng = np.random.default_rng(0)
     rows = []
@@ -154,10 +156,10 @@ def unit_costs(d: int) -> list[dict]:
         x = rng.standard_normal((4 * m, d), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         t = time.perf_counter()
-        pairs_in_block(x[:m], x[m:2 * m], 0, m, 0.9)
+        pairs_in_block(x[:m], x[m:2 * m], 0, m, 0.9, np)
         pairs = time.perf_counter() - t
         t = time.perf_counter()
-        knn_block(x[:m], x, 0, 10)
+        exact_neighbours(x, 10, SearchOptions(), rows=np.arange(m))
         knn = time.perf_counter() - t
         rows.append({"m": m, "d": d, "pairs_in_block_s": pairs, "pairs_gmac_per_s": m * m * d / pairs / 1e9,
                      "knn_block_s": knn, "knn_rows": 4 * m, "knn_gmac_per_s": 4 * m * m * d / knn / 1e9})
@@ -175,17 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--partition-rows", type=int, default=500_000)
     p.add_argument("--checks", default=None, help="comma-separated checks (default: all that apply)")
-    p.add_argument("--pair-engine", default="auto")
-    p.add_argument("--knn-engine", default="auto")
+    p.add_argument("--engine", default="auto", help="auto, exact or ivf (the engines a Dask scan runs)")
     p.add_argument("--precision", default="float16")
     p.add_argument("--write", action="store_true", help="also write the report's files (no report.html)")
     p.add_argument("--generate-only", action="store_true")
-    p.add_argument("--units", action="store_true", help="only time one pairs_in_block / knn_block per size")
+    p.add_argument("--units", action="store_true", help="only time one pairs_in_block / exact neighbour block per size")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     if args.units:
-        print(f"| m | d | pairs_in_block m x m (s) | GMAC/s | knn_block m x 4m, k=10 (s) | GMAC/s |  ({machine})")
+        print(f"| m | d | pairs_in_block m x m (s) | GMAC/s | neighbour block m x 4m, k=10 (s) | GMAC/s |  ({machine})")
         print("|---|---|---|---|---|---|")
         for r in unit_costs(args.d):
             print(f"| {r['m']:,} | {r['d']} | {r['pairs_in_block_s']:.2f} | {r['pairs_gmac_per_s']:.0f} | "

@@ -18,7 +18,7 @@ _EXTRAS = {
     "cupyx": ("gpu", True),
     "cudf": ("rapids", True),
     "cuml": ("rapids", True),
-    "faiss": ("bench", False),
+    "faiss": ("faiss", False),
     "dask": ("dask", False),
     "distributed": ("dask", False),
 }

@@ -77,3 +77,36 @@ def test_internal_error_is_exit_1_without_traceback(tmp_path, monkeypatch, capsy
     assert "internal error: ZeroDivisionError: planted bug" in err and "Traceback" not in err
     with pytest.raises(ZeroDivisionError):
         main(["scan", str(tmp_path / "e.npy"), "--out", str(tmp_path / "o"), "--debug"])
+
+
+def test_engine_option_is_recorded_and_exact_is_its_alias(tmp_path, small_columns):
+    np.savez(tmp_path / "s.npz", **small_columns)
+    summaries = {}
+    for name, args in (("ivf", ["--engine", "ivf", "--param", "search.n_buckets=3"]), ("alias", ["--exact"]),
+                       ("faiss", ["--engine", "faiss"])):
+        out = tmp_path / name
+        assert main(["scan", str(tmp_path / "s.npz"), "--out", str(out), "-q", "--no-projection", *args]) == 0
+        summaries[name] = json.loads((out / "summary.json").read_text())
+    ivf = summaries["ivf"]
+    assert ivf["config"]["engine"] == "ivf" and ivf["config"]["search_params"] == {"n_buckets": 3}
+    assert ivf["search"]["pairs"]["engine"] == "ivf" and 0 <= ivf["search"]["pairs"]["recall"] <= 1
+    assert ivf["search"]["pairs"]["buckets"] == 3
+    assert ivf["search"]["neighbours"]["k"] == 10
+    alias = summaries["alias"]
+    assert alias["config"]["engine"] == "exact"
+    assert alias["search"]["pairs"] == {"threshold": 0.9, "engine": "exact", "exact": True, "recall": 1.0}
+    assert summaries["faiss"]["search"]["neighbours"]["engine"] == "faiss"
+    assert summaries["faiss"]["search"]["neighbours"]["exact"] is True
+
+
+def test_engine_errors_are_one_line_exit_2(tmp_path, small_columns, capsys):
+    np.savez(tmp_path / "s.npz", **small_columns)
+    store = str(tmp_path / "s.npz")
+    proc = run("scan", store, "--engine", "annoy")
+    assert proc.returncode == 2 and "invalid choice: 'annoy'" in proc.stderr
+    assert main(["scan", store, "--exact", "--engine", "ivf", "--out", str(tmp_path / "o")]) == 2
+    assert "--exact and --engine ivf contradict" in capsys.readouterr().err
+    assert main(["scan", store, "--engine", "exact", "--param", "search.nprobe=4", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "engine 'exact' takes no parameter nprobe" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -11,10 +11,13 @@ What is distributed
     Tasks run over blocks of partitions (Parquet row groups with global row offsets); each
     worker reads and normalises the partitions it needs itself (:mod:`.tasks`) and returns
     pairs or (rows, k) neighbour lists, which the client gathers into the run context under
-    the keys the checks use. With the exact engines a task is one
-    :func:`~tamis.engine.pairsearch.pairs_in_block` (upper triangle of partition pairs) or
-    one partition's top-k against every partition (:func:`~tamis.kernels.topk.merge_topk`);
-    the bucketed engines (:mod:`.buckets`) restrict both to k-means buckets fitted on a sample.
+    the keys the checks use. The engines are those of :mod:`tamis.engine.search`, with the
+    same ``auto`` rule (the work shared by the workers) and the same code: with ``exact`` a
+    task is one :func:`~tamis.engine.search.exact.pairs_in_block` (upper triangle of
+    partition pairs) or one partition's certified top-k against every partition
+    (:func:`~tamis.engine.search.exact.exact_rows`), so the pairs and neighbour lists are
+    those of a single-process scan bit for bit; ``ivf`` (:mod:`.buckets`) restricts both to
+    the k-means buckets of the local ivf engine, fitted on a sample, and measures its recall.
 
 What stays on the client, in blocks
     The linear passes and the checks themselves: validity and normalisation (the normalised
