@@ -212,6 +212,13 @@ def test_bad_distributed_options_are_config_errors(store, tmp_path):
     np.savez(tmp_path / "s.npz", embeddings=np.eye(3, dtype=np.float32))
     with pytest.raises(tamis.InputError, match="reads Parquet stores"):
         tamis.scan(tmp_path / "s.npz", workers=1)
+    with pytest.raises(tamis.ConfigError, match=r"search parameters \['n_buckets'\] apply to single-process"):
+        tamis.scan(store, workers=1, engine="ivf", search_params={"n_buckets": 4})
+
+
+def test_faiss_is_refused_on_a_cluster(store, client):
+    with pytest.raises(tamis.ConfigError, match="engine='faiss' does not run on a Dask cluster"):
+        tamis.scan(store, client=client, engine="faiss", checks=["near_duplicate"])
 
 
 def test_partitioned_store_reads_the_same_rows(store):

@@ -194,7 +194,7 @@ def test_answers_survive_a_blas_that_rounds_differently(store, monkeypatch):
     eps = tile_margin(X.shape[1], "float32") / 8
     noise = rng.standard_normal(X.shape)
     noise *= eps / np.linalg.norm(noise, axis=1, keepdims=True)
-    original = rows_module.as_tile
+    original = tiles_module.as_tile
     lookup = {}
 
     def rounded_differently(A, start, stop, dtype):
@@ -218,7 +218,7 @@ def test_canonical_dot_is_chunking_invariant_and_accurate(monkeypatch):
         A = unit(rng.standard_normal((50, d)))
         ia, ib = rng.integers(0, 50, 300), rng.integers(0, 50, 300)
         whole = canonical_dot(A, A, ia, ib, np)
-        monkeypatch.setattr(rows_module, "CANONICAL_CHUNK_ELEMENTS", 7)
+        monkeypatch.setattr(rows_module, "CPU_CHUNK_ELEMENTS", 7)
         np.testing.assert_array_equal(canonical_dot(A, A, ia, ib, np), whole)
         monkeypatch.undo()
         exact = [math.fsum(float(x) * float(y) for x, y in zip(A[i], A[j])) for i, j in zip(ia, ib)]

@@ -23,9 +23,8 @@ import numpy as np
 
 from ...kernels.pairs import compact_pairs
 from ...kernels.topk import empty_topk, merge_topk
-from .rows import as_tile
 
-__all__ = ["Plan", "plan_for", "spans", "parallel_map", "pair_strip", "topk_tiles", "collect_above"]
+__all__ = ["Plan", "plan_for", "as_tile", "spans", "parallel_map", "pair_strip", "topk_tiles", "collect_above"]
 
 
 def _cpu_count() -> int:
@@ -70,6 +69,11 @@ GPU_PLAN = Plan(pair_dtype="float16", memory_bytes=2 << 30, tile_rows=16384,
 
 def plan_for(xp: ModuleType) -> Plan:
     return CPU_PLAN if xp is np else GPU_PLAN
+
+
+def as_tile(X: Any, start: int, stop: int, dtype: str) -> Any:
+    """Rows ``start:stop`` of ``X`` as ``dtype`` (no copy when they already are)."""
+    return X[start:stop].astype(dtype, copy=False)
 
 
 def spans(n: int, step: int) -> list[tuple[int, int]]:
