@@ -150,7 +150,7 @@ def bucket_knn_partition(spec: ReadSpec, parts: tuple[Partition, ...], n_valid: 
         best_sim, best_idx = empty_topk(m, c, xp)
     else:
         best_idx, best_sim = xp.asarray(start[0]), xp.asarray(start[1])
-    for j, part in enumerate(parts):
+    for j in range(len(parts)):
         home = homes[j]
         perm = np.argsort(home, kind="stable")                        # rows of j grouped by list
         where = np.empty(n_valid[j], dtype=np.int64)

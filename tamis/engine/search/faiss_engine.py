@@ -104,7 +104,9 @@ class FaissEngine(SearchEngine):
         nlist = check_positive_int("nlist", opt.params.get("nlist"), "e.g. 1024") or default_nlist
         faiss = _faiss()
         gpu = _on_gpu(faiss, opt.xp)
-        host = np.ascontiguousarray(to_host(X), dtype=np.float32)
+        if ("faiss_rows", n) not in opt.state:   # one host float32 copy per scan (FAISS reads host rows)
+            opt.state[("faiss_rows", n)] = np.ascontiguousarray(to_host(X), dtype=np.float32)
+        host = opt.state[("faiss_rows", n)]
         key = ("faiss_index", kind, n, nlist, opt.seed, gpu)
         if key not in opt.state:
             opt.state[key] = _build(host, kind, nlist, opt.seed, gpu)
