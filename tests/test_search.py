@@ -368,3 +368,50 @@ def test_gpu_and_cpu_give_identical_answers(store):
     cpu = to_host(canonical_dot(X, X, np.arange(50), np.arange(50)[::-1], np))
     gpu = to_host(canonical_dot(cupy.asarray(X), cupy.asarray(X), cupy.arange(50), cupy.arange(50)[::-1], cupy))
     np.testing.assert_array_equal(cpu, gpu)
+
+
+# ---------------------------------------------------------------------------- ivf edge cases
+def test_slack_rule_probes_near_twin_centroids():
+    """Two centroids whose float32 cosine rounds to 1 (k-means put both on one cluster of
+    copies): the widest rule must still probe a row into its twin bucket."""
+    from tamis.engine.search.ivf import _bucket_pairs
+    from tamis.engine.search.registry import SearchOptions
+
+    X = unit([[1, -1e-3, 0, 0], [1, 1e-3, 0, 0]])
+    C = unit([[1, -1e-4, 0, 0], [1, 1e-4, 0, 0]])
+    assert float(C[0] @ C[1]) == 1.0 and list((X @ C.T).argmax(axis=1)) == [0, 1]
+    a, b, _ = _bucket_pairs(X, 0.99, C, 2, math.sqrt(2 - 2 * 0.99), SearchOptions(), None)
+    assert list(zip(a.tolist(), b.tolist())) == [(0, 1)]
+
+
+def test_ivf_finds_every_pair_among_tight_copies():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((30, 32))
+    X = unit(base[rng.integers(0, 30, 3000)] + 1e-4 * rng.standard_normal((3000, 32)))
+    got = find_pairs(X, 0.99, engine="ivf")
+    assert_pairs_equal(got, find_pairs(X, 0.99, engine="exact"))
+    assert got.info["recall"] == 1.0
+
+
+def test_ivf_never_lists_a_neighbour_twice_when_centroids_tie():
+    """Sparse non-negative rows tie exactly with many centroids: every round's probes must come
+    from one total order, or a bucket is searched twice and its rows listed twice."""
+    rng = np.random.default_rng(0)
+    X = np.zeros((3000, 2048), np.float32)
+    for i in range(3000):
+        X[i, rng.choice(2048, 2, replace=False)] = rng.random(2) + 0.1
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    got = knn_graph(X, 10, engine="ivf", n_buckets=200, target_recall=0.99)
+    assert got.info["engine"] == "ivf"
+    assert all(len(set(row)) == len(row) for row in got.indices.tolist())
+
+
+def test_engine_parameters_are_used_or_refused(store):
+    X, _, (want_idx, want_sim) = store
+    got = knn_graph(X, 10, engine="exact", block_rows=100)          # used by the neighbour tiles too
+    np.testing.assert_array_equal(got.indices, want_idx)
+    with pytest.raises(ConfigError, match="block_rows=0 is not a positive integer"):
+        knn_graph(X, 10, engine="exact", block_rows=0)
+    if HAS_FAISS:
+        with pytest.raises(ConfigError, match="nlist=5000 exceeds the 1500 rows"):
+            knn_graph(X, 5, engine="faiss", index="ivf", nlist=5000)

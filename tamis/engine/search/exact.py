@@ -95,15 +95,15 @@ def exact_pairs(X: Any, threshold: float, opt: SearchOptions,
 
 def exact_rows(Q: Any, q_ids: Any, columns: Callable[[], Any], k: int, xp: Any, memory: int,
                score: Callable[[Any, Any], Any], n_other: int, dtype: str,
-               symmetric: bool = False, progress: Callable[[], Any] | None = None
-               ) -> tuple[np.ndarray, np.ndarray, int]:
+               symmetric: bool = False, progress: Callable[[], Any] | None = None,
+               side: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Certified canonical top-k of the queries ``Q`` (global ids ``q_ids``) against the
     column blocks ``columns()`` yields (called once per pass), with ``score`` the canonical
     similarity of (query positions, global ids). Shared by the local engine and the Dask
     tasks. Returns host ``(indices, similarities, rows that needed the fallback)``."""
     c = n_candidates(k, n_other)
     best_sim, best_idx = topk_tiles(Q, q_ids, columns(), c, dtype, xp, memory, symmetric=symmetric,
-                                    progress=progress)
+                                    side=side, progress=progress)
     bound = best_sim[:, c - 1] if c < n_other else xp.full(int(Q.shape[0]), -np.inf, dtype=xp.float32)
     margin = tile_margin(int(Q.shape[1]), dtype)
 
@@ -114,7 +114,8 @@ def exact_rows(Q: Any, q_ids: Any, columns: Callable[[], Any], k: int, xp: Any, 
 
 
 def exact_neighbours(X: Any, k: int, opt: SearchOptions, rows: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Certified exact neighbours of every row (or of the rows ``rows``) of ``X``."""
+    """Certified exact neighbours of every row (or of the rows ``rows``) of ``X``; the tile side
+    is ``opt.params["block_rows"]`` when given."""
     xp = opt.xp
     memory = opt.memory_bytes or plan_for(xp).memory_bytes
     n = int(X.shape[0])
@@ -128,7 +129,8 @@ def exact_neighbours(X: Any, k: int, opt: SearchOptions, rows: Any = None) -> tu
     tick = (lambda: opt.progress(0)) if opt.progress is not None else None
     return exact_rows(Q, ids, lambda: [(0, X)], k, xp, memory,
                       lambda pos, other: canonical_dot(X, X, ids[pos], other, xp), n - 1, dtype,
-                      symmetric=symmetric, progress=tick)
+                      symmetric=symmetric, progress=tick,
+                      side=check_positive_int("block_rows", opt.params.get("block_rows"), "e.g. 1024"))
 
 
 @register

@@ -102,6 +102,9 @@ class FaissEngine(SearchEngine):
             kind = "flat" if float(n) * n * d <= EXACT_WORK[("cpu", task)] else "ivf"
         default_nlist = max(1, min(round(4 * math.sqrt(n)), n // 39 or 1))
         nlist = check_positive_int("nlist", opt.params.get("nlist"), "e.g. 1024") or default_nlist
+        if kind == "ivf" and nlist > n:
+            raise ConfigError(f"nlist={nlist} exceeds the {n} rows (FAISS trains one list per centroid on the "
+                              f"rows); lower it, e.g. the default {default_nlist}")
         faiss = _faiss()
         gpu = _on_gpu(faiss, opt.xp)
         if ("faiss_rows", n) not in opt.state:   # one host float32 copy per scan (FAISS reads host rows)

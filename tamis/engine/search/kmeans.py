@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_host
+from .rows import tile_margin
 from .tiles import Plan, parallel_map, spans
 
 __all__ = ["spherical_kmeans", "nearest_centroid", "bucket_members", "probe_order"]
@@ -67,7 +68,8 @@ def bucket_members(X: Any, centroids: Any, probes: int, slack: float, plan: Plan
     """The rows probed into each bucket, each bucket's home rows first (the slack rule).
 
     Row ``y`` with home bucket ``h`` is probed into bucket ``c`` when
-    ``y.c_h - y.c_c <= slack * |c_h - c_c|``; when more than ``probes`` buckets pass it keeps
+    ``y.c_h - y.c_c - 2 margin <= slack * |c_h - c_c|`` (``margin``: the float32 tile bound,
+    as the products are float32 tiles; ``|c_h - c_c|`` in float64); when more than ``probes`` buckets pass it keeps
     those with the smallest ``(y.c_h - y.c_c) / |c_h - c_c|``. If ``x.y >= t`` then
     ``|x - y| <= sqrt(2 - 2t)`` and ``y.c_g - y.c_h <= |x - y| |c_g - c_h|``, so slack
     ``sqrt(2 - 2t)`` with every bucket allowed misses no pair. Returns ``probe_rows``
@@ -75,18 +77,25 @@ def bucket_members(X: Any, centroids: Any, probes: int, slack: float, plan: Plan
     ``home_count[b]`` and ``probe_start[b]`` (length k + 1).
     """
     n, k = int(X.shape[0]), int(centroids.shape[0])
-    centroid_sims = centroids @ centroids.T
+    C64 = centroids.astype(xp.float64)
+    # |c_h - c_c| in float64 from the centroids themselves: 2 - 2 cos in float32 rounds to 0 for
+    # near-twin centroids (two centroids on one cluster of copies), which would never probe them
+    spread_of = xp.sqrt(xp.maximum((C64 * C64).sum(axis=1)[:, None] + (C64 * C64).sum(axis=1)[None, :]
+                                   - 2.0 * (C64 @ C64.T), 0.0))
+    # the row-centroid products are float32 tiles: each side of the rule may be off by the margin
+    slop = 2.0 * tile_margin(int(X.shape[1]), "float32")
 
     def assign(span: tuple[int, int]) -> tuple[Any, Any, Any]:
         sims = X[span[0]:span[1]].astype(xp.float32) @ centroids.T
         home = sims.argmax(axis=1)
         best = sims[xp.arange(sims.shape[0]), home]
-        # |c_h - c_c| <= 2, so only buckets within 2 * slack of the best can pass the rule
-        flat = xp.flatnonzero(sims >= (best - 2.0 * slack)[:, None])
+        # |c_h - c_c| <= 2, so only buckets within 2 * slack (+ the slop) of the best can pass
+        flat = xp.flatnonzero(sims >= (best - 2.0 * slack - slop)[:, None])
         r, c = flat // k, flat % k
         value = sims.reshape(-1)[flat]
-        spread = xp.sqrt(xp.maximum(2.0 - 2.0 * centroid_sims[home[r], c], 0.0))
-        ratio = (best[r] - value) / xp.maximum(spread, 1e-12)
+        gap = (best[r] - value).astype(xp.float64) - slop
+        ratio = gap / xp.maximum(spread_of[home[r], c], 1e-300)        # the rule: ratio <= slack
+        ratio = xp.where(gap <= 0, 0.0, ratio)
         keep = xp.flatnonzero(ratio <= slack)
         r, c, ratio = r[keep], c[keep], ratio[keep]
         ratio = xp.where(c == home[r], -1.0, ratio)                  # home first, always
@@ -117,8 +126,19 @@ def probe_order(X: Any, centroids: Any, lo: int, hi: int, xp: ModuleType, memory
     block = max(1, memory_bytes // (16 * k))
     for r0, r1 in spans(n, block):
         sims = X[r0:r1].astype(xp.float32) @ centroids.T
-        top = xp.argpartition(-sims, hi - 1, axis=1)[:, :hi] if hi < k else \
-            xp.broadcast_to(xp.arange(k), sims.shape)
+        if hi < k:
+            top = xp.argpartition(-sims, hi - 1, axis=1)[:, :hi]
+            # argpartition picks among centroids tied at the boundary arbitrarily: where the
+            # picked set does not hold every tied one, rank that row fully, so that the ranks
+            # of every round come from one total order (similarity, then centroid id)
+            edge = xp.take_along_axis(sims, top, axis=1).min(axis=1)
+            split = (sims == edge[:, None]).sum(axis=1) != \
+                (xp.take_along_axis(sims, top, axis=1) == edge[:, None]).sum(axis=1)
+            unsure = xp.flatnonzero(split)
+            if unsure.shape[0]:
+                top[unsure] = xp.argsort(-sims[unsure], axis=1, kind="stable")[:, :hi]
+        else:
+            top = xp.broadcast_to(xp.arange(k), sims.shape)
         top_sims = xp.take_along_axis(sims, top, axis=1)
         first = xp.argsort(top, axis=1, kind="stable")        # ties: lower centroid first
         top, top_sims = xp.take_along_axis(top, first, axis=1), xp.take_along_axis(top_sims, first, axis=1)

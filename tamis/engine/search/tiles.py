@@ -123,7 +123,7 @@ def pair_strip(A: Any, B: Any, span: tuple[int, int], offset_a: int, offset_b: i
 # ------------------------------------------------------------------------------ neighbours
 def topk_tiles(Q: Any, q_ids: Any, columns: Iterable[tuple[int, Any]], c: int, dtype: str,
                xp: ModuleType, memory_bytes: int, *, symmetric: bool = False,
-               best: tuple[Any, Any] | None = None,
+               best: tuple[Any, Any] | None = None, side: int | None = None,
                progress: Callable[[], Any] | None = None) -> tuple[Any, Any]:
     """Running top-``c`` tile similarities of the query rows ``Q`` against blocks of columns.
 
@@ -132,7 +132,8 @@ def topk_tiles(Q: Any, q_ids: Any, columns: Iterable[tuple[int, Any]], c: int, d
     the query's id is never selected. ``symmetric=True`` says the columns are ``Q`` itself
     (``q_ids == arange``): each tile of the upper triangle then serves its rows and,
     transposed, its columns, so half of the products are computed. ``best`` continues
-    earlier lists. Returns xp ``(sim float32, idx int64)`` of shape (m, c), best first,
+    earlier lists; ``side`` sets the tile's rows (default: the largest square tile the budget
+    allows with ``symmetric``, 4096 query rows without). Returns xp ``(sim float32, idx int64)`` of shape (m, c), best first,
     ties to the smaller id; empty slots are (-inf, -1).
 
     Time ``m n d`` (half with ``symmetric``); memory: one tile within ``memory_bytes`` (6
@@ -143,7 +144,7 @@ def topk_tiles(Q: Any, q_ids: Any, columns: Iterable[tuple[int, Any]], c: int, d
     if m == 0:
         return best_sim, best_idx
     if symmetric:
-        side = max(64, math.isqrt(memory_bytes // 6))
+        side = side or max(64, math.isqrt(memory_bytes // 6))
         for i0, i1 in spans(m, side):
             Qi = as_tile(Q, i0, i1, dtype)
             for j0, j1 in spans(m, side)[i0 // side:]:
@@ -156,7 +157,7 @@ def topk_tiles(Q: Any, q_ids: Any, columns: Iterable[tuple[int, Any]], c: int, d
                 if progress is not None:
                     progress()
         return best_sim, best_idx
-    rows = min(m, 4096)
+    rows = min(m, side or 4096)
     for offset, block in columns:
         n = int(block.shape[0])
         cols = max(64, memory_bytes // (6 * rows))
