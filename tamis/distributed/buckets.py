@@ -45,7 +45,7 @@ import numpy as np
 from ..engine.search.exact import n_candidates, pairs_in_block
 from ..engine.search.ivf import KMEANS_ITERS, KNN_PROBES, PAIR_ROUNDS, SAMPLE_ROWS
 from ..engine.search.kmeans import bucket_members, probe_order, spherical_kmeans
-from ..engine.search.recall import knn_recall, recall_sample
+from ..engine.search.recall import knn_recall, recall_against, recall_sample
 from ..engine.search.refine import block_scorer, refine_neighbours
 from ..engine.search.registry import KNN_RECALL, PAIR_RECALL
 from ..engine.search.tiles import plan_for
@@ -252,12 +252,7 @@ def _pair_recall(builder, parts, counts, offsets, a, b, threshold: float) -> tup
     jobs = [(sample_pairs, (builder.spec, p, n, o, rows, sample, float(threshold)), f"sample-pairs-{threshold}-{p.index}")
             for p, n, o in zip(parts, counts, offsets)]
     found = builder.run(jobs, "pair recall")
-    qa = np.concatenate([f[0] for f in found])
-    qb = np.concatenate([f[1] for f in found])
-    truth = np.unique(np.minimum(qa, qb) * m + np.maximum(qa, qb))
-    if truth.size == 0:
-        return 1.0, 0
-    return float(np.isin(truth, a * m + b).mean()), int(truth.size)
+    return recall_against(np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]), a, b, m)
 
 
 def _gather(builder, parts, counts, offsets, rows: np.ndarray) -> np.ndarray:

@@ -42,9 +42,9 @@ import numpy as np
 from ..engine.backend import Backend, resolve_backend
 from ..engine.context import NORMALISE_BLOCK_BYTES, scaled_rows, squared_norms
 from ..engine.search.exact import exact_rows, pairs_in_block
-from ..engine.search.refine import block_scorer, rescore_pairs
-from ..engine.search.rows import tile_dtype, tile_margin
-from ..engine.search.tiles import pair_strip, plan_for
+from ..engine.search.recall import true_pairs
+from ..engine.search.refine import block_scorer
+from ..engine.search.rows import tile_dtype
 from ..errors import InputError
 from .partitions import Partition, read_partition
 
@@ -204,19 +204,10 @@ def knn_partition(spec: ReadSpec, parts: tuple[Partition, ...], n_valid: tuple[i
 def sample_pairs(spec: ReadSpec, part: Partition, n_valid: int, offset: int, queries: np.ndarray,
                  query_ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """The true pairs ``(query id, row id)`` between sampled rows and partition ``part``'s rows
-    (canonical similarity >= ``threshold``, a row never with itself)."""
+    (:func:`tamis.engine.search.recall.true_pairs`, as the local recall measures them)."""
     xp = worker_backend(spec.device).xp
     x = xp.asarray(load_partition(spec, part, n_valid))
-    Q = xp.asarray(queries)
-    plan = plan_for(xp)
-    dtype = tile_dtype(x, xp, plan.pair_dtype == "float16")
-    _, cols = plan.tile_shape(plan.memory_bytes, None, np.dtype(dtype).itemsize)
-    r, c = pair_strip(Q, x, (0, int(Q.shape[0])), 0, 0, threshold - tile_margin(int(x.shape[1]), dtype), False,
-                      cols, dtype, xp)
-    r, c, _ = rescore_pairs(Q, x, r, c, threshold, xp)
-    qa, cb = np.asarray(query_ids)[_host(r)], _host(c) + offset
-    keep = qa != cb
-    return qa[keep], cb[keep]
+    return true_pairs(xp.asarray(queries), query_ids, x, offset, threshold, xp)
 
 
 def sample_rows(spec: ReadSpec, part: Partition, n_valid: int, local: np.ndarray) -> np.ndarray:
