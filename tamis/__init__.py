@@ -10,11 +10,11 @@
 
 from ._version import __version__
 from .engine.backend import Backend, gpu_available, resolve_backend
-from .engine.checks import REGISTRY as CHECKS
-from .engine.pipeline import ScanConfig, scan
-from .engine.readers import load_store
-from .engine.report import Report
-from .engine.store import ColumnSpec, Store
+from .checks import REGISTRY as CHECKS
+from .pipeline import ScanConfig, scan
+from .io.readers import load_store
+from .report.model import Report
+from .io.store import ColumnSpec, Store
 from .errors import ConfigError, DeviceError, InputError, TamisError
 
 __all__ = [

@@ -114,7 +114,7 @@ def _engine(args: argparse.Namespace) -> str:
 
 
 def _parse_params(items: Sequence[str]) -> dict[str, dict]:
-    from .engine.params import coerce
+    from .config import coerce
 
     params: dict[str, dict] = {}
     for item in items:
@@ -156,12 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "checks":
-        from .engine.checks import REGISTRY
+        from .checks import REGISTRY
 
         for name, cls in REGISTRY.items():
             print(f"{name:<20} needs {', '.join(cls.requires) or 'nothing'}: {cls.description}")
         return 0
-    from .engine.pipeline import scan
+    from .pipeline import scan
 
     params = _parse_params(args.param)
     if args.command == "demo":

@@ -139,7 +139,7 @@ def write_demo_store(folder) -> tuple[Path, Path, dict[str, list]]:
 
     Returns the two paths and the planted truth.
     """
-    from .engine.atomic import atomic_path
+    from .io.atomic import atomic_path
 
     folder = Path(folder)
     columns, truth, pixels = _build(0)
@@ -157,7 +157,7 @@ def _write_images(folder: Path, paths: np.ndarray, pixels: np.ndarray, scale: in
     """Each row's 8x8 digit as a (8 * scale)-pixel grey PNG, dark ink on white."""
     from PIL import Image
 
-    from .engine.atomic import atomic_path
+    from .io.atomic import atomic_path
 
     grey = (255 * (1.0 - np.clip(np.nan_to_num(pixels), 0.0, 1.0))).astype(np.uint8).reshape(-1, 8, 8)
     for path, image in zip(paths, grey):

@@ -43,7 +43,7 @@ def test_gpu_backend_is_cupy():
 
 
 def test_import_tamis_imports_no_gpu_package():
-    code = ("import sys, tamis, tamis.cli, tamis.engine.pipeline, tamis.engine.checks\n"
+    code = ("import sys, tamis, tamis.cli, tamis.pipeline, tamis.checks\n"
             "bad = [m for m in ('cupy', 'cudf', 'cuml', 'faiss') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -75,7 +75,7 @@ def test_same_results_on_every_backend(small_columns, device):
 
 def test_float16_precision_halves_the_matrix(small_columns):
     from tamis.engine.context import RunContext
-    from tamis.engine.readers import load_store
+    from tamis.io.readers import load_store
 
     ctx32 = RunContext(load_store(small_columns), resolve_backend("cpu"))
     ctx16 = RunContext(load_store(small_columns), resolve_backend("cpu"), precision="float16")
@@ -86,7 +86,7 @@ def test_float16_precision_halves_the_matrix(small_columns):
 
 def test_normalisation_is_blocked_and_exact(monkeypatch):
     import tamis.engine.context as context
-    from tamis.engine.readers import load_store
+    from tamis.io.readers import load_store
 
     monkeypatch.setattr(context, "NORMALISE_BLOCK_BYTES", 8 * 5 * 7)  # 7 rows per block
     rng = np.random.default_rng(1)

@@ -78,7 +78,7 @@ def test_property_scores_in_range_and_flags_follow_counts(labels, fraction):
 def test_chi_square_matches_scipy():
     from scipy.stats import chi2_contingency
 
-    from tamis.engine.checks.class_imbalance import _chi2_independence_p
+    from tamis.checks.class_imbalance import _chi2_independence_p
 
     rng = np.random.default_rng(3)
     for _ in range(20):

@@ -65,7 +65,7 @@ def test_checks_option_and_listing(tmp_path, small_columns):
 
 
 def test_internal_error_is_exit_1_without_traceback(tmp_path, monkeypatch, capsys):
-    import tamis.engine.pipeline as pipeline
+    import tamis.pipeline as pipeline
 
     def boom(*a, **k):
         raise ZeroDivisionError("planted bug")

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import tamis
-from tamis.distributed.blocked import DiskMatrix
-from tamis.distributed.partitions import open_partitioned_store
-from tamis.engine.store import ColumnSpec
+from tamis.engine.executors.dask.blocked import DiskMatrix
+from tamis.engine.executors.dask.partitions import open_partitioned_store
+from tamis.io.store import ColumnSpec
 
 N, D = 3000, 24
 SHARDS = [(0, 1100), (1100, 2300), (2300, N)]
@@ -166,7 +166,7 @@ def test_a_worker_killed_mid_scan_is_replaced_and_the_answer_is_the_same(store, 
 
 
 def test_a_task_whose_workers_keep_dying_fails_cleanly(store, client, tmp_path):
-    from tamis.distributed import ClusterError
+    from tamis.engine.executors.dask import ClusterError
 
     def allowed_failures(dask_scheduler, n):
         old, dask_scheduler.allowed_failures = dask_scheduler.allowed_failures, n
@@ -251,6 +251,6 @@ def test_disk_matrix_writes_and_reads_blocks(tmp_path):
 
 
 def test_import_tamis_imports_no_dask():
-    code = ("import sys, tamis, tamis.distributed, tamis.cli; "
+    code = ("import sys, tamis, tamis.engine.executors.dask, tamis.cli; "
             "assert not {'dask', 'distributed'} & set(sys.modules), sorted(m for m in sys.modules if 'dask' in m)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -200,7 +200,7 @@ def test_invalid_rows_never_join_a_group():
 
 
 def test_runs_pair_each_first_position_with_the_rest_of_its_run():
-    from tamis.engine.checks.exact_duplicate import _runs
+    from tamis.checks.exact_duplicate import _runs
 
     rng = np.random.default_rng(4)
     for n in (0, 1, 7, 50):

@@ -18,8 +18,8 @@ import pytest
 
 import tamis
 from tamis.engine.projection import project
-from tamis.html import write_html_report
-from tamis.html.report import resolve_inside
+from tamis.report.html import write_html_report
+from tamis.report.html import resolve_inside
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -330,7 +330,7 @@ def test_bad_arguments(scanned, tmp_path):
 # ---------------------------------------------------------------------- PNG plots
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed")
 def test_write_plots(scanned, tmp_path):
-    from tamis.plots import write_plots
+    from tamis.report.plots import write_plots
 
     written = write_plots(scanned["report"], tmp_path, coords=scanned["coords"])
     assert [p.name for p in written] == ["projection.png", "class_distribution.png", "similarity_histogram.png"]

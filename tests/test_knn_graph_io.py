@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tamis.engine.knn import KNN_FILE, load_knn, save_knn, to_csr, to_umap_precomputed
+from tamis.io.knn_file import KNN_FILE, load_knn, save_knn, to_csr, to_umap_precomputed
 from tamis.engine.search import knn_graph
 from tamis.errors import InputError
 

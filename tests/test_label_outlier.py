@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tamis
-from tamis.engine import confident
+from tamis.checks.shared import confident
 
 
 def planted(n=3000, d=64, classes=10, flip=0.03, n_outliers=15, seed=0):
@@ -173,7 +173,7 @@ def test_neighbour_graph_is_built_once_and_saved(tmp_path):
     report = tamis.scan(cols, device="cpu", out=tmp_path)
     knn_stages = [k for k in report.summary["timings"] if k.startswith("artifact:knn")]
     assert knn_stages == ["artifact:knn/10"]
-    from tamis.engine.knn import load_knn_rows
+    from tamis.io.knn_file import load_knn_rows
 
     rows, idx, sims = load_knn_rows(tmp_path / "knn.npz")
     assert idx.shape == (600, 10) and (rows == np.arange(600)).all()

@@ -123,7 +123,7 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, small_columns, m
     report.save(out)
     first = (out / "summary.json").read_text()
 
-    import tamis.engine.report as report_module
+    import tamis.report.model as report_module
 
     def fail(path, data):
         raise OSError("disk full")

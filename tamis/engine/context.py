@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from ..errors import InputError
 from .backend import Backend
 from .progress import Progress
-from .store import Store
+from ..io.store import Store
 
 log = logging.getLogger("tamis")
 
@@ -41,7 +41,7 @@ class RunContext:
                  cluster: Any = None, allocate: Callable[[tuple, str], Any] | None = None):
         self.store = store
         #: what builds the heavy artefacts (pair search, neighbour graph) elsewhere, e.g. a Dask
-        #: cluster (:class:`tamis.distributed.ClusterBuilder`); None builds them here, in memory
+        #: cluster (:class:`tamis.engine.executors.dask.ClusterBuilder`); None builds them here, in memory
         self.cluster = cluster
         #: ``allocate(shape, dtype)`` holds the normalised matrix (default: in memory on the device);
         #: a distributed scan keeps it in a local file read in blocks

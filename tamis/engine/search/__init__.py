@@ -17,7 +17,7 @@ miss but never invent.
 
 Engines (:mod:`.registry`; one module each): ``exact`` (:mod:`.exact`), ``ivf``
 (:mod:`.ivf`), ``faiss`` (:mod:`.faiss_engine`, when installed). ``engine="auto"`` is
-:func:`~.registry.choose`. The Dask executor (:mod:`tamis.distributed`) runs the same tile
+:func:`~.registry.choose`. The Dask executor (:mod:`tamis.engine.executors.dask`) runs the same tile
 loops and refinement per partition.
 """
 

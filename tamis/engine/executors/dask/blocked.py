@@ -1,7 +1,7 @@
 """Matrices that live outside the process and are read in blocks of rows.
 
 A distributed or out-of-core scan never holds the whole embedding matrix in the client:
-the raw store stays in its Parquet partitions (:class:`tamis.distributed.partitions.PartitionedMatrix`)
+the raw store stays in its Parquet partitions (:class:`tamis.engine.executors.dask.partitions.PartitionedMatrix`)
 and the normalised matrix goes to a local file (:class:`DiskMatrix`). Both look enough like a
 NumPy array for the client-side checks, which read them in blocks (``m[a:b]``) or gather a few
 rows (``m[rows]``): each access returns a fresh NumPy array of the rows asked for.

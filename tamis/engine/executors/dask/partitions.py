@@ -6,7 +6,7 @@ consecutive row groups of one file (a row group is never split), about
 into a float32 matrix, exactly as :func:`tamis.load_store` reads the whole column, so a
 worker that reads partition ``i`` sees rows ``row0 .. row0 + n_rows`` of the store bit for bit.
 
-:func:`open_partitioned_store` builds the client's :class:`~tamis.engine.store.Store`: the
+:func:`open_partitioned_store` builds the client's :class:`~tamis.io.store.Store`: the
 descriptive columns (labels, paths, split, ids, pred_probs, quality: O(N), small next to the
 embeddings) are read whole; the embeddings stay on disk as a :class:`PartitionedMatrix`,
 read one row group at a time when the client's light passes (validity, normalisation,
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..engine.readers import PARQUET_SUFFIXES, choose_columns, convert_columns, parquet_shards
-from ..engine.store import ColumnSpec, Store
-from ..errors import InputError
+from ....io.readers import PARQUET_SUFFIXES, choose_columns, convert_columns, parquet_shards
+from ....io.store import ColumnSpec, Store
+from ....errors import InputError
 from .blocked import BlockedMatrix
 
 #: default partition size: about this many bytes of float32 embeddings

@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..errors import InputError
-from .search import find_pairs
+from ...errors import InputError
+from ...engine.search import find_pairs
 
 KEEP_POLICIES = ("first", "central", "quality")
 

@@ -17,18 +17,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .._version import __version__
-from ..errors import ConfigError
-from .backend import DEVICES, Backend, resolve_backend
+from ._version import __version__
+from .errors import ConfigError
+from .engine.backend import DEVICES, Backend, resolve_backend
 from .checks import REGISTRY, CheckResult, make_checks
-from .context import RunContext
-from .neighbors import largest_graph
-from .params import Interval, Options, summarise, validate_params
-from .progress import Progress
-from .readers import load_store
-from .report import Report
-from .search import engine_names
-from .store import ColumnSpec, Store
+from .engine.context import RunContext
+from .engine.neighbors import largest_graph
+from .config import Interval, Options, summarise, validate_params
+from .engine.progress import Progress
+from .io.readers import load_store
+from .report.model import Report
+from .engine.search import engine_names
+from .io.store import ColumnSpec, Store
 
 log = logging.getLogger("tamis")
 
@@ -88,7 +88,7 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
          partition_rows: int | None = None) -> Report:
-    """Scan an embedding store and return a :class:`~tamis.engine.report.Report`.
+    """Scan an embedding store and return a :class:`~tamis.report.model.Report`.
 
     Parameters
     ----------
@@ -124,7 +124,7 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
         ``LocalCUDACluster`` with one worker per GPU where there are GPUs and dask-cuda), or a
         scheduler address to join. ``source`` must then be a Parquet file or folder of shards
         the workers can read; the client keeps no embedding matrix in memory and runs on its CPU,
-        ``device`` applies to the workers. See :mod:`tamis.distributed`.
+        ``device`` applies to the workers. See :mod:`tamis.engine.executors.dask`.
     partition_rows : with a cluster, rows per partition (whole row groups; default ~64 MiB of
         float32 embeddings).
     """
@@ -150,7 +150,7 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if distributed:  # the client runs the light passes on its CPU; the workers use `device`
-        from ..distributed import open_session
+        from .engine.executors.dask import open_session
 
         session = open_session(source, config.columns, client=client, workers=workers, scheduler=scheduler,
                                device=config.device, precision=config.precision, partition_rows=partition_rows)
@@ -223,7 +223,7 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
 
 def _project(ctx: RunContext, config: ScanConfig) -> tuple[np.ndarray, dict]:
     """Map coordinates of the valid rows, from the run's neighbour graph where one was built."""
-    from .projection import project, project_or_fallback
+    from .engine.projection import project, project_or_fallback
 
     graph = largest_graph(ctx)
     knn = None if graph is None else (graph[0], np.clip(1.0 - graph[1], 0.0, None))
@@ -237,7 +237,7 @@ def _project(ctx: RunContext, config: ScanConfig) -> tuple[np.ndarray, dict]:
 
 
 def _col_option(inp: str) -> str:
-    from .readers import ALIASES
+    from .io.readers import ALIASES
 
     return ALIASES[inp][0].replace("_", "-") + "-col"
 

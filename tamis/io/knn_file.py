@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import default_file_mode
-from .backend import to_host
+from ..engine.backend import to_host
 
 __all__ = ["METRIC", "KNN_FILE", "to_csr", "to_umap_precomputed", "save_knn", "load_knn", "load_knn_rows"]
 

@@ -20,7 +20,7 @@ Units of work, all returning small host arrays:
   and canonical refinement, with the partitions as the column blocks);
 * :func:`sample_pairs` -- the true pairs of sampled rows, for the bucketed pair search's recall;
 * :func:`sample_rows` -- rows for the ivf engine's k-means (whose tasks are in
-  :mod:`tamis.distributed.buckets`).
+  :mod:`tamis.engine.executors.dask.buckets`).
 
 The worker's device is chosen once per process from the scan's ``device`` (``auto``: its
 GPU when CuPy sees one).
@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.backend import Backend, resolve_backend
-from ..engine.context import NORMALISE_BLOCK_BYTES, scaled_rows, squared_norms
-from ..engine.search.exact import exact_rows, pairs_in_block
-from ..engine.search.recall import true_pairs
-from ..engine.search.refine import block_scorer
-from ..engine.search.rows import tile_dtype
-from ..errors import InputError
+from ...backend import Backend, resolve_backend
+from ...context import NORMALISE_BLOCK_BYTES, scaled_rows, squared_norms
+from ...search.exact import exact_rows, pairs_in_block
+from ...search.recall import true_pairs
+from ...search.refine import block_scorer
+from ...search.rows import tile_dtype
+from ....errors import InputError
 from .partitions import Partition, read_partition
 
 #: partitions kept in memory per worker process (the two a pair block needs)

@@ -10,7 +10,7 @@ Formats
 - memory: a NumPy / CuPy matrix, a dict of columns, a pandas / cuDF DataFrame or a
   pyarrow Table.
 
-Column names are found by :class:`~tamis.engine.store.ColumnSpec` or, when not given,
+Column names are found by :class:`~tamis.io.store.ColumnSpec` or, when not given,
 by the usual names (:data:`ALIASES`). Embedding matrices are copied at most once: a
 single-chunk float32 column is used in place (read-only), anything else is copied once
 into one float32 matrix.

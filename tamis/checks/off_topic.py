@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError
-from ..params import Interval
+from ..errors import InputError
+from ..config import Interval
 from .base import Check, CheckResult, plain
 
 _BLOCK_CELLS = 1 << 24
@@ -56,7 +56,7 @@ class OffTopic(Check):
         return reason
 
     def _run(self, ctx) -> CheckResult:
-        from ..readers import load_store
+        from ..io.readers import load_store
 
         refs = load_store(self.references)
         if refs.embeddings is None or refs.labels is None:

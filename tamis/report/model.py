@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError
-from .atomic import default_dir_mode, write_json, write_parquet, write_text
+from ..io.atomic import default_dir_mode, write_json, write_parquet, write_text
 
 FIXED_FILES = ("samples.parquet", "exclude.parquet", "exclude.txt", "summary.json")
 
@@ -95,20 +95,20 @@ class Report:
                 write_parquet(stage / f"{name}.parquet", table)
                 names.append(f"{name}.parquet")
             if self.knn is not None:
-                from .knn import KNN_FILE, save_knn
+                from ..io.knn_file import KNN_FILE, save_knn
 
                 rows, indices, sims = self.knn
                 save_knn(stage / KNN_FILE, indices, sims, rows=rows)
                 names.append(KNN_FILE)
             extra = []
             if html:
-                from ..html import write_html_report
+                from .html import write_html_report
 
                 write_html_report(self, stage, coords=self.coordinates(), neighbors=self.neighbour_rows(),
                                   image_root=self._image_root(image_root))
                 extra = [p.name for p in stage.iterdir() if p.name in ("report.html", "thumbs")]
             if plots:
-                from ..plots import write_plots
+                from .plots import write_plots
 
                 extra += [p.name for p in write_plots(self, stage, coords=self.coordinates())]
             names += sorted(extra)
@@ -163,7 +163,7 @@ class Report:
                   if name.endswith(".parquet") and name not in FIXED_FILES}
         knn = None
         if "knn.npz" in summary.get("files", []):
-            from .knn import load_knn_rows
+            from ..io.knn_file import load_knn_rows
 
             knn = load_knn_rows(folder / "knn.npz")
         return cls(samples=pq.read_table(folder / "samples.parquet"), summary=summary,

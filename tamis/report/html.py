@@ -39,9 +39,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._version import __version__
-from ..engine.atomic import atomic_path, default_dir_mode, write_text
+from ..io.atomic import atomic_path, default_dir_mode, write_text
 from ..engine.projection import coords_by_row
-from ..engine.report import Report
+from .model import Report
 from ..errors import ConfigError, InputError
 
 log = logging.getLogger("tamis")
@@ -66,7 +66,7 @@ def write_html_report(report: Report, out_dir: str | os.PathLike, *, coords: Any
 
     Parameters
     ----------
-    report : the scan's :class:`~tamis.engine.report.Report`.
+    report : the scan's :class:`~tamis.report.model.Report`.
     out_dir : folder of the report (created if needed).
     coords : optional (N, 2 or 3) array of map coordinates, one row per input row, NaN where a
         row has none (an invalid embedding); the first two axes are drawn. Default: the report's
@@ -122,7 +122,7 @@ def render(payload: dict) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files("tamis.html").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("tamis.report").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
 
 
 def _sha256(text: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..params import Interval
+from ..config import Interval
 from .base import Check, CheckResult, plain
 
 

@@ -16,8 +16,8 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from ..duplicates import near_groups, resolve_threshold, segment_label_stats
-from ..params import Interval, Options
+from .shared.groups import near_groups, resolve_threshold, segment_label_stats
+from ..config import Interval, Options
 from .base import Check, CheckResult
 
 

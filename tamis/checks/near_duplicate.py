@@ -1,7 +1,7 @@
 """Near duplicates: pairs of rows with cosine similarity >= ``threshold``, grouped.
 
 Default threshold 0.95 (the scan's ``--threshold``): see the README's "Choosing the
-threshold". The pairs come from the shared pair search (:mod:`tamis.engine.duplicates`),
+threshold". The pairs come from the shared pair search (:mod:`tamis.checks.shared.groups`),
 groups are the connected components of the pairs, and each group keeps one member by the
 ``keep`` policy (``first`` by id, most ``central``, or highest ``quality``); the others are
 excluded with reason ``near_duplicate``.
@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..duplicates import (KEEP_POLICIES, conflicting_groups, group_table, groups_of, keep_one, max_similarity,
+from .shared.groups import (KEEP_POLICIES, conflicting_groups, group_table, groups_of, keep_one, max_similarity,
                           near_groups, pairs_at, resolve_threshold)
-from ..params import Interval, Options
+from ..config import Interval, Options
 from .base import Check, CheckResult
 
 SWEEP = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)

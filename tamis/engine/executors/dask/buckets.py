@@ -17,7 +17,7 @@ similarity; it can miss, never invent, and it measures what it misses.
 3. Pairs: one task per pair of partitions ``i <= j`` (:func:`bucket_pair_block`) compares,
    bucket by bucket, the home rows of one partition with every row probed into that bucket
    in the other (:func:`~tamis.engine.search.exact.pairs_in_block`). The recall is measured
-   on 1,000 sampled rows (:func:`~tamis.distributed.tasks.sample_pairs`) and reported; a
+   on 1,000 sampled rows (:func:`~tamis.engine.executors.dask.tasks.sample_pairs`) and reported; a
    warning says when it is below 0.99 (the local engine widens its rule instead; here use
    ``engine="exact"``).
 4. Neighbours (buckets as lists): one task per partition (:func:`bucket_knn_partition`)
@@ -42,14 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.search.exact import n_candidates, pairs_in_block
-from ..engine.search.ivf import KMEANS_ITERS, KNN_PROBES, PAIR_ROUNDS, SAMPLE_ROWS
-from ..engine.search.kmeans import bucket_members, probe_order, spherical_kmeans
-from ..engine.search.recall import knn_recall, recall_against, recall_sample
-from ..engine.search.refine import block_scorer, refine_neighbours
-from ..engine.search.registry import KNN_RECALL, PAIR_RECALL
-from ..engine.search.tiles import plan_for
-from ..kernels.topk import empty_topk, merge_topk
+from ...search.exact import n_candidates, pairs_in_block
+from ...search.ivf import KMEANS_ITERS, KNN_PROBES, PAIR_ROUNDS, SAMPLE_ROWS
+from ...search.kmeans import bucket_members, probe_order, spherical_kmeans
+from ...search.recall import knn_recall, recall_against, recall_sample
+from ...search.refine import block_scorer, refine_neighbours
+from ...search.registry import KNN_RECALL, PAIR_RECALL
+from ...search.tiles import plan_for
+from ....kernels.topk import empty_topk, merge_topk
 from .partitions import Partition
 from .tasks import (TASK_MEMORY_BYTES, ReadSpec, knn_partition, load_partition, partition_loader, sample_pairs,
                     sample_rows, worker_backend)

@@ -2,11 +2,11 @@
 
 :func:`open_session` connects (an existing ``Client``, a scheduler address, or a local
 cluster of N workers it starts and stops), opens the store as partitions
-(:func:`~tamis.distributed.partitions.open_partitioned_store`) and returns a
+(:func:`~tamis.engine.executors.dask.partitions.open_partitioned_store`) and returns a
 :class:`Session`. Its :class:`ClusterBuilder` is the run context's ``cluster``: the duplicate
-family's pair search (:func:`tamis.engine.duplicates.pairs_at`) and the neighbour graph
+family's pair search (:func:`tamis.checks.shared.groups.pairs_at`) and the neighbour graph
 (:func:`tamis.engine.neighbors.neighbours`) ask it instead of searching ``ctx.embeddings``.
-It submits one task per block of partitions (:mod:`tamis.distributed.tasks`), gathers the
+It submits one task per block of partitions (:mod:`tamis.engine.executors.dask.tasks`), gathers the
 small results and returns them in the shapes the local engines return, so the checks and
 the cache keys (``("pairs", threshold)``, ``("knn", k)``) are the same as in one process.
 
@@ -29,10 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._optional import has_module, optional_import
-from ..engine.search.registry import choose
-from ..engine.store import ColumnSpec, Store
-from ..errors import ConfigError, TamisError
+from ...._optional import has_module, optional_import
+from ...search.registry import choose
+from ....io.store import ColumnSpec, Store
+from ....errors import ConfigError, TamisError
 from .blocked import DiskMatrix
 from .partitions import Partition, open_partitioned_store
 from .tasks import ReadSpec, drop_cache, knn_partition, pair_block
@@ -271,7 +271,7 @@ def _local_cluster(workers: int, device: str, distributed: Any) -> Any:
     """``LocalCUDACluster`` (one worker per GPU, at most ``workers``) when GPUs and dask-cuda are
     there and the device allows it; ``LocalCluster`` of ``workers`` processes otherwise."""
     if device != "cpu" and has_module("dask_cuda"):
-        from ..engine.backend import gpu_available
+        from ...backend import gpu_available
 
         if gpu_available():
             import cupy

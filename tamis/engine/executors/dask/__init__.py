@@ -21,7 +21,7 @@ What is distributed
 
 What stays on the client, in blocks
     The linear passes and the checks themselves: validity and normalisation (the normalised
-    matrix goes to a local file, :class:`~tamis.distributed.blocked.DiskMatrix`), exact-duplicate
+    matrix goes to a local file, :class:`~tamis.engine.executors.dask.blocked.DiskMatrix`), exact-duplicate
     hashing, class centroids, groups, label votes, the report. Client memory is O(N) for the
     per-row columns (labels, ids, the valid mask, scores: tens of bytes per row), the pair
     list (12 bytes per pair), the neighbour graph (12 k bytes per row) and what the checks

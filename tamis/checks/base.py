@@ -1,11 +1,11 @@
 """The contract every check follows.
 
 A check is one module holding one :class:`Check` subclass, listed once in
-:mod:`tamis.engine.checks` (the registry). It declares
+:mod:`tamis.checks` (the registry). It declares
 
 - ``name``: the issue type; the per-sample columns ``is_<name>_issue`` and
   ``<name>_score`` are derived from it here, so they cannot drift;
-- ``requires``: the store inputs it needs (from :data:`tamis.engine.store.INPUTS`);
+- ``requires``: the store inputs it needs (from :data:`tamis.io.store.INPUTS`);
 - ``_parameter_constraints``: its parameters and their allowed values.
 
 ``__init__`` only stores parameters (scikit-learn's discipline); they are validated when
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from ..params import validate_params
+from ..config import validate_params
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..context import RunContext
+    from ..engine.context import RunContext
 
 
 @dataclass

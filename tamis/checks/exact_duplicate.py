@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..duplicates import KEEP_POLICIES, groups_of, keep_one
-from ..params import Options
+from .shared.groups import KEEP_POLICIES, groups_of, keep_one
+from ..config import Options
 from .base import Check, CheckResult
 
 HASH_BLOCK_WORDS = 1 << 24

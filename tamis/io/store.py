@@ -3,7 +3,7 @@
 A :class:`Store` holds numeric matrices as arrays (NumPy, or CuPy when the caller
 passes device arrays) and the descriptive columns (labels, paths, split, ids) as
 pyarrow arrays, one value per input row, in input order. It is built by
-:func:`tamis.engine.readers.load_store` and checked by :meth:`Store.validate`; it is
+:func:`tamis.io.readers.load_store` and checked by :meth:`Store.validate`; it is
 never modified afterwards (inputs are never modified).
 """
 

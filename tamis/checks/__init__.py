@@ -7,7 +7,7 @@ here defines a check that is not registered.
 
 from __future__ import annotations
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 from .base import Check, CheckResult
 from .class_imbalance import ClassImbalance
 from .conflicting_labels import ConflictingLabels

@@ -5,7 +5,7 @@ nearest neighbours, the row itself excluded, smoothed towards the class prior), 
 model's ``pred_probs`` (which must be out-of-sample, e.g. cross-validated), or, when the
 store has both, from their average (``source="auto"``): the two err in different ways, and
 averaging two calibrated estimates keeps a probability while letting either veto a
-confident mistake of the other. :mod:`tamis.engine.confident` finds the issues.
+confident mistake of the other. :mod:`tamis.checks.shared.confident` finds the issues.
 
 Which rows are flagged (``method``): ``prune_by_noise_rate`` is confident learning as
 published (and cleanlab's default); ``prune_or_disagree`` also flags the rows outvoted with
@@ -31,10 +31,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ...errors import InputError
-from ..confident import disagreements, find_label_issues, knn_probabilities
-from ..neighbors import neighbours, resolve_k
-from ..params import Interval, Options
+from ..errors import InputError
+from .shared.confident import disagreements, find_label_issues, knn_probabilities
+from ..engine.neighbors import neighbours, resolve_k
+from ..config import Interval, Options
 from .base import Check, CheckResult, plain
 
 
