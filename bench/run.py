@@ -45,7 +45,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .scoring import ISSUE_TYPES, POLICIES, score_found_pairs, score_samples
-from .store import atomic_write_bytes, atomic_write_json, find_store, load_store, load_truth
+from .store import (
+    atomic_write_bytes,
+    atomic_write_json,
+    find_store,
+    load_store,
+    load_truth,
+)
 from .worker import SYSTEMS, UNAVAILABLE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -9,13 +9,14 @@
 """
 
 from ._version import __version__
-from .engine.backend import Backend, gpu_available, resolve_backend
 from .checks import REGISTRY as CHECKS
-from .pipeline import ScanConfig, scan
-from .io.readers import load_store
-from .report.model import Report
-from .io.store import ColumnSpec, Store
+from .config import ColumnSpec, ScanConfig
+from .engine.backend import Backend, gpu_available, resolve_backend
 from .errors import ConfigError, DeviceError, InputError, TamisError
+from .io.readers import load_store
+from .io.store import Store
+from .pipeline import scan
+from .report.model import Report
 
 __all__ = [
     "__version__", "scan", "load_store", "Report", "Store", "ColumnSpec", "ScanConfig", "CHECKS",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ._version import __version__
+from .config import CLI_PROJECTION, DEFAULT_K, DEFAULTS, DEVICES, ENGINES, PRECISIONS, PROJECTIONS, coerce
 from .errors import ConfigError, TamisError
 
 EXAMPLES = """\
@@ -75,30 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+    p.add_argument("--device", choices=DEVICES, default=DEFAULTS.device,
                    help="where to compute (default: %(default)s: the GPU when one is usable)")
     p.add_argument("--checks", metavar="A,B,C", help="run only these checks (default: all that apply)")
     p.add_argument("--param", action="append", default=[], metavar="CHECK.NAME=VALUE",
                    help="set a check parameter (or search.NAME for the engine's); repeatable")
-    p.add_argument("--threshold", type=float, default=0.95, metavar="COS",
+    p.add_argument("--threshold", type=float, default=DEFAULTS.threshold, metavar="COS",
                    help="cosine similarity at or above which two rows are near duplicates (default: %(default)s)")
-    from .engine.search import engine_names
-
-    p.add_argument("--engine", choices=engine_names(), default=None,
+    p.add_argument("--engine", choices=ENGINES, default=None,
                    help="similarity search for pairs and neighbours (default: auto: exact for small stores, "
                         "else ivf; exact gives identical answers on every device; faiss when installed)")
     p.add_argument("--exact", action="store_true", help="alias of --engine exact")
     p.add_argument("--k", type=int, default=None, metavar="K",
-                   help="neighbours per row in the shared neighbour graph (default: 10)")
+                   help=f"neighbours per row in the shared neighbour graph (default: {DEFAULT_K})")
     p.add_argument("--references", metavar="STORE",
                    help="trusted examples per class (embeddings + labels) for the off_topic check")
-    p.add_argument("--precision", choices=("float32", "float16"), default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
                    help="storage of the normalised matrix (float16 halves memory)")
-    p.add_argument("--projection", choices=("auto", "umap", "tsne", "pca", "none"), default="auto",
+    p.add_argument("--projection", choices=PROJECTIONS, default=CLI_PROJECTION,
                    help="map of the embeddings for report.html (default: %(default)s: UMAP when umap-learn is "
                         "installed, else PCA)")
     p.add_argument("--no-projection", action="store_true", help="no map (same as --projection none)")
-    p.add_argument("--projection-dims", type=int, choices=(2, 3), default=2, help="2-D or 3-D map")
+    p.add_argument("--projection-dims", type=int, choices=(2, 3), default=DEFAULTS.projection_dims,
+                   help="2-D or 3-D map")
     p.add_argument("--plots", action="store_true", help="also write PNG plots (needs matplotlib)")
     p.add_argument("--image-root", metavar="DIR",
                    help="folder image paths are relative to, for thumbnails (default: the store's folder)")
@@ -110,12 +110,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 def _engine(args: argparse.Namespace) -> str:
     if args.exact and args.engine not in (None, "exact"):
         raise ConfigError(f"--exact and --engine {args.engine} contradict each other; pass one of them")
-    return "exact" if args.exact else (args.engine or "auto")
+    return "exact" if args.exact else (args.engine or DEFAULTS.engine)
 
 
 def _parse_params(items: Sequence[str]) -> dict[str, dict]:
-    from .config import coerce
-
     params: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -1,17 +1,38 @@
-"""Declared parameter constraints, checked when work starts (scikit-learn's discipline).
+"""Every scan setting, its default and its allowed values, once; and the constraint types.
 
-A check declares ``_parameter_constraints = {"k": Interval(int, 1, None), ...}`` once;
-:func:`validate_params` raises :class:`~tamis.errors.ConfigError` naming the parameter,
-the value seen and what is allowed.
+:class:`ScanConfig` is the one home of a scan's defaults: :func:`tamis.scan`'s signature, the
+CLI's options and :class:`~tamis.engine.context.RunContext` all read them from here.
+:class:`ColumnSpec` says which input column holds what. The allowed values of the settings
+(:data:`DEVICES`, :data:`PRECISIONS`, :data:`PROJECTIONS`, :data:`ENGINES`) are declared here and
+nowhere else; the modules that implement them (the backend, the projection, the search
+registry) read them from here, and a test checks each engine named is registered.
+
+Constraints (scikit-learn's discipline): a check declares
+``_parameter_constraints = {"k": Interval(int, 1, None), ...}`` once; :func:`validate_params`
+raises :class:`~tamis.errors.ConfigError` naming the parameter, the value seen and what is
+allowed, when work starts.
 """
 
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+
+#: where a scan computes: the GPU when one is usable ("auto"), or the one named
+DEVICES = ("auto", "cpu", "gpu")
+#: storage of the normalised embedding matrix
+PRECISIONS = ("float32", "float16")
+#: map methods; "auto" = UMAP when umap-learn is installed, else PCA; "none" = no map
+PROJECTIONS = ("auto", "umap", "tsne", "pca", "none")
+#: the similarity search's engines (tamis.engine.search registers one class per name but "auto")
+ENGINES = ("auto", "exact", "ivf", "faiss")
+#: neighbours per row in the shared neighbour graph when neither a check nor the scan names k
+DEFAULT_K = 10
+#: the CLI writes a report with a map by default; the Python API computes none unless asked
+CLI_PROJECTION = "auto"
 
 
 @dataclass(frozen=True)
@@ -63,17 +84,6 @@ class Options:
         return "one of " + ", ".join(repr(v) for v in self.values)
 
 
-@dataclass(frozen=True)
-class OptionalString:
-    """A string or None (column names and the like)."""
-
-    def accepts(self, value: Any) -> bool:
-        return value is None or isinstance(value, str)
-
-    def describe(self) -> str:
-        return "a string or None"
-
-
 def validate_params(owner: str, params: dict[str, Any], constraints: dict[str, Any]) -> None:
     """Raise ConfigError for the first parameter whose value its constraint refuses."""
     for name, value in params.items():
@@ -121,3 +131,92 @@ def summarise(value: Any) -> Any:
     if isinstance(value, dict):
         return "<in-memory data: " + ", ".join(f"{k}={summarise(v)}" for k, v in value.items()) + ">"
     return f"<{type(value).__name__}>"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Which column holds which input; ``None`` means "detect the usual names"."""
+
+    embedding: str | None = None
+    label: str | None = None
+    path: str | None = None
+    split: str | None = None
+    id: str | None = None
+    pred_probs: str | None = None
+    quality: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def of(cls, value: "ColumnSpec | dict | None") -> "ColumnSpec":
+        """``value`` as a ColumnSpec: itself, a dict of its fields, or the default for None."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"columns={value!r} is neither a ColumnSpec nor a dict of column names")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown column option {unknown[0]!r}; the options are: {', '.join(known)}")
+        return cls(**value)
+
+
+@dataclass
+class ScanConfig:
+    """Options of one scan, with their defaults; validated by :meth:`validate` when the scan starts.
+
+    device : "auto" (GPU when usable, else CPU), "cpu" or "gpu".
+    checks : names of the checks to run (None: every check whose inputs are present).
+    params : per-check parameters, e.g. ``{"class_imbalance": {"min_fraction": 0.1}}``.
+    precision : "float32", or "float16" to halve the memory of the normalised matrix.
+    projection, projection_dims : the map (:data:`PROJECTIONS`) and its dimensions (2 or 3).
+    threshold : cosine similarity at or above which two rows are near duplicates; the default
+        of every duplicate-family check's own ``threshold``.
+    engine : the similarity search (:data:`ENGINES`) behind the pairs and the neighbour graph.
+    k : neighbours per row in the shared graph (None: :data:`DEFAULT_K`, lowered for tiny stores).
+    search_params : parameters of the chosen engine (the CLI's ``--param search.NAME=VALUE``).
+    columns : which column holds what.
+    """
+
+    device: str = "auto"
+    checks: list[str] | None = None
+    params: dict[str, dict] = field(default_factory=dict)
+    precision: str = "float32"
+    projection: str = "none"
+    projection_dims: int = 2
+    threshold: float = 0.95
+    engine: str = "auto"
+    k: int | None = None
+    search_params: dict = field(default_factory=dict)
+    columns: ColumnSpec = field(default_factory=ColumnSpec)
+
+    _parameter_constraints = {
+        "device": Options(DEVICES),
+        "precision": Options(PRECISIONS),
+        "projection": Options(PROJECTIONS),
+        "projection_dims": Options((2, 3)),
+        "threshold": Interval(float, 0, 1, closed="right"),
+        "engine": Options(ENGINES),
+        "k": Interval(int, 1, None, none_ok=True),
+    }
+
+    def validate(self) -> "ScanConfig":
+        validate_params("scan", {name: getattr(self, name) for name in self._parameter_constraints},
+                        self._parameter_constraints)
+        if self.checks is not None and not self.checks:
+            raise ConfigError("checks=[] names no check; leave it out to run every check that applies")
+        return self
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["columns"] = self.columns.as_dict()
+        d["params"] = summarise(self.params)
+        d["search_params"] = summarise(self.search_params)
+        return d
+
+
+#: the defaults, for signatures and help texts that show them (never a second copy of a value)
+DEFAULTS = ScanConfig()

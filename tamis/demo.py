@@ -31,7 +31,6 @@ def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, lis
 def _build(seed: int) -> tuple[dict[str, np.ndarray], dict[str, list], np.ndarray]:
     """The demo store, its truth, and the 8x8 pixels (0..1) behind every row."""
     from sklearn.datasets import load_digits
-
     from sklearn.kernel_approximation import Nystroem
 
     rng = np.random.default_rng(seed)

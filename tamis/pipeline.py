@@ -11,80 +11,31 @@ import datetime as _dt
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ._version import __version__
-from .errors import ConfigError
-from .engine.backend import DEVICES, Backend, resolve_backend
 from .checks import REGISTRY, CheckResult, make_checks
+from .config import DEFAULTS, ColumnSpec, ScanConfig, summarise
+from .engine.artifacts import largest_graph
+from .engine.backend import Backend, resolve_backend
 from .engine.context import RunContext
-from .engine.neighbors import largest_graph
-from .config import Interval, Options, summarise, validate_params
 from .engine.progress import Progress
+from .errors import ConfigError
 from .io.readers import load_store
+from .io.store import Store
 from .report.model import Report
-from .engine.search import engine_names
-from .io.store import ColumnSpec, Store
 
 log = logging.getLogger("tamis")
 
-PRECISIONS = ("float32", "float16")
-PROJECTIONS = ("auto", "umap", "tsne", "pca", "none")
-#: the similarity search's engines (tamis.engine.search): auto, exact, ivf, faiss
-ENGINES = engine_names()
 
-
-@dataclass
-class ScanConfig:
-    """Options of one scan; validated by :meth:`validate` when the scan starts."""
-
-    device: str = "auto"
-    checks: list[str] | None = None
-    params: dict[str, dict] = field(default_factory=dict)
-    precision: str = "float32"
-    projection: str = "none"
-    projection_dims: int = 2
-    threshold: float = 0.95
-    engine: str = "auto"
-    k: int | None = None
-    search_params: dict = field(default_factory=dict)
-    columns: ColumnSpec = field(default_factory=ColumnSpec)
-
-    _parameter_constraints = {
-        "device": Options(DEVICES),
-        "precision": Options(PRECISIONS),
-        "projection": Options(PROJECTIONS),
-        "projection_dims": Options((2, 3)),
-        "threshold": Interval(float, 0, 1, closed="right"),
-        "engine": Options(ENGINES),
-        "k": Interval(int, 1, None, none_ok=True),
-    }
-
-    def validate(self) -> "ScanConfig":
-        validate_params("scan", {name: getattr(self, name) for name in self._parameter_constraints},
-                        self._parameter_constraints)
-        if self.checks is not None and not self.checks:
-            raise ConfigError("checks=[] names no check; leave it out to run every check that applies")
-        return self
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["columns"] = self.columns.as_dict()
-        d["params"] = summarise(self.params)
-        d["search_params"] = summarise(self.search_params)
-        return d
-
-
-def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str, dict] | None = None,
-         device: str | Backend = "auto", precision: str = "float32", projection: str = "none",
-         projection_dims: int = 2,
-         threshold: float = 0.95, engine: str = "auto", k: int | None = None,
-         search_params: dict | None = None,
-         columns: ColumnSpec | dict | None = None, progress: bool = False,
+def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, params: dict[str, dict] | None = None,
+         device: str | Backend = DEFAULTS.device, precision: str = DEFAULTS.precision,
+         projection: str = DEFAULTS.projection, projection_dims: int = DEFAULTS.projection_dims,
+         threshold: float = DEFAULTS.threshold, engine: str = DEFAULTS.engine, k: int | None = DEFAULTS.k,
+         search_params: dict | None = None, columns: ColumnSpec | dict | None = None, progress: bool = False,
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
          partition_rows: int | None = None) -> Report:
@@ -131,17 +82,10 @@ def scan(source: Any, *, checks: list[str] | str | None = None, params: dict[str
     started = time.perf_counter()
     if isinstance(checks, str):
         checks = [c.strip() for c in checks.split(",") if c.strip()]
-    if isinstance(columns, dict):
-        unknown = set(columns) - set(ColumnSpec().as_dict())
-        if unknown:
-            raise ConfigError(f"unknown column option {sorted(unknown)[0]!r}; the options are: "
-                              f"{', '.join(ColumnSpec().as_dict())}")
-        columns = ColumnSpec(**columns)
     config = ScanConfig(device=device if isinstance(device, str) else device.name, checks=checks,
                         params=dict(params or {}), precision=precision, projection=projection,
-                        projection_dims=projection_dims,
-                        threshold=threshold, engine=engine, k=k, search_params=dict(search_params or {}),
-                        columns=columns or ColumnSpec()).validate()
+                        projection_dims=projection_dims, threshold=threshold, engine=engine, k=k,
+                        search_params=dict(search_params or {}), columns=ColumnSpec.of(columns)).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
     distributed = client is not None or workers is not None or scheduler is not None
     if distributed and config.search_params:
@@ -189,10 +133,7 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
 
     results: dict[str, CheckResult] = {}
     with Progress(enabled=progress) as bars:
-        ctx = RunContext(store, backend, precision=config.precision, progress=bars,
-                         options={"threshold": config.threshold, "engine": config.engine, "k": config.k,
-                                  "search_params": config.search_params},
-                         cluster=session and session.cluster, allocate=session and session.allocate)
+        ctx = RunContext(store, backend, config, executor=session and session.executor, progress=bars)
         if store.embeddings is not None:
             with ctx.timed("normalise"):
                 ctx.valid  # noqa: B018 - build the normalised matrix once, timed on its own

@@ -78,7 +78,7 @@ def test_float16_precision_halves_the_matrix(small_columns):
     from tamis.io.readers import load_store
 
     ctx32 = RunContext(load_store(small_columns), resolve_backend("cpu"))
-    ctx16 = RunContext(load_store(small_columns), resolve_backend("cpu"), precision="float16")
+    ctx16 = RunContext(load_store(small_columns), resolve_backend("cpu"), tamis.ScanConfig(precision="float16"))
     assert ctx16.embeddings.nbytes * 2 == ctx32.embeddings.nbytes
     np.testing.assert_allclose(np.linalg.norm(ctx32.embeddings, axis=1), 1, rtol=1e-6)
     np.testing.assert_allclose(ctx16.embeddings.astype(np.float32), ctx32.embeddings, atol=2e-3)

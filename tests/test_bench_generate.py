@@ -13,10 +13,16 @@ import pytest
 # bench/ is a top-level folder of the repository, not part of the installed package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.generate import GenerateConfig, generate, main as generate_main, write  # noqa: E402
+from bench.generate import GenerateConfig, generate, write  # noqa: E402
+from bench.generate import main as generate_main
 from bench.run import markdown, result_rows  # noqa: E402
-from bench.scoring import (classify_pairs, score_found_pairs, score_pairs,  # noqa: E402
-                           score_rows, score_samples)
+from bench.scoring import (  # noqa: E402
+    classify_pairs,
+    score_found_pairs,
+    score_pairs,
+    score_rows,
+    score_samples,
+)
 from bench.store import load_store, load_truth  # noqa: E402
 
 PAIR_TYPES = ("exact_duplicate", "near_duplicate", "conflicting_labels", "leakage")

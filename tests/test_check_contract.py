@@ -11,8 +11,8 @@ import pytest
 
 import tamis
 from tamis import checks as checks_pkg
-from tamis.engine.backend import cpu_backend
 from tamis.checks import REGISTRY, Check, make_checks
+from tamis.engine.backend import cpu_backend
 from tamis.engine.context import RunContext
 from tamis.io.readers import load_store
 

@@ -18,8 +18,7 @@ import pytest
 
 import tamis
 from tamis.engine.projection import project
-from tamis.report.html import write_html_report
-from tamis.report.html import resolve_inside
+from tamis.report.html import resolve_inside, write_html_report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from tamis.engine.backend import gpu_available
 from tamis.errors import ConfigError
 from tamis.kernels import topk
-from tamis.kernels.topk import KERNEL_MAX_K, empty_topk, merge_topk, merge_topk_reference
+from tamis.kernels.topk import (
+    KERNEL_MAX_K,
+    empty_topk,
+    merge_topk,
+    merge_topk_reference,
+)
 
 HAS_GPU = gpu_available()
 

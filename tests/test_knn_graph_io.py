@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tamis.io.knn_file import KNN_FILE, load_knn, save_knn, to_csr, to_umap_precomputed
 from tamis.engine.search import knn_graph
 from tamis.errors import InputError
+from tamis.io.knn_file import KNN_FILE, load_knn, save_knn, to_csr, to_umap_precomputed
 
 
 def exact_knn(X, k):

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from tamis import ConfigError, InputError, resolve_backend
-from tamis.engine.projection import coords_by_row, project, project_or_fallback, projection_table
+from tamis.engine.projection import (
+    coords_by_row,
+    project,
+    project_or_fallback,
+    projection_table,
+)
 
 HAS_UMAP = importlib.util.find_spec("umap") is not None
 HAS_TSNE = importlib.util.find_spec("openTSNE") is not None

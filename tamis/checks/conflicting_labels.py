@@ -16,9 +16,10 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from .shared.groups import near_groups, resolve_threshold, segment_label_stats
 from ..config import Interval, Options
+from ..engine.artifacts import resolve_threshold
 from .base import Check, CheckResult
+from .shared.groups import near_groups, segment_label_stats
 
 
 class ConflictingLabels(Check):

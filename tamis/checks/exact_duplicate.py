@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .shared.groups import KEEP_POLICIES, groups_of, keep_one
 from ..config import Options
 from .base import Check, CheckResult
+from .shared.groups import KEEP_POLICIES, groups_of, keep_one
 
 HASH_BLOCK_WORDS = 1 << 24
 

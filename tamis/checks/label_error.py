@@ -31,11 +31,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InputError
-from .shared.confident import disagreements, find_label_issues, knn_probabilities
-from ..engine.neighbors import neighbours, resolve_k
 from ..config import Interval, Options
+from ..engine.artifacts import neighbours, resolve_k
+from ..errors import InputError
 from .base import Check, CheckResult, plain
+from .shared.confident import disagreements, find_label_issues, knn_probabilities
 
 
 class LabelError(Check):

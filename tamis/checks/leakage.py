@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .shared.groups import pairs_at, resolve_threshold
 from ..config import Interval, Options
+from ..engine.artifacts import pairs_at, resolve_threshold
 from .base import Check, CheckResult
 
 TRAIN_NAMES = ("train", "training", "trn")

@@ -19,10 +19,18 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from .shared.groups import (KEEP_POLICIES, conflicting_groups, group_table, groups_of, keep_one, max_similarity,
-                          near_groups, pairs_at, resolve_threshold)
 from ..config import Interval, Options
+from ..engine.artifacts import pairs_at, resolve_threshold
 from .base import Check, CheckResult
+from .shared.groups import (
+    KEEP_POLICIES,
+    conflicting_groups,
+    group_table,
+    groups_of,
+    keep_one,
+    max_similarity,
+    near_groups,
+)
 
 SWEEP = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 

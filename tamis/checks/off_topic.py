@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
 from ..config import Interval
+from ..errors import InputError
 from .base import Check, CheckResult, plain
 
 _BLOCK_CELLS = 1 << 24

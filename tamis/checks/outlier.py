@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.neighbors import neighbours, resolve_k
 from ..config import Interval
+from ..engine.artifacts import neighbours, resolve_k
 from .base import Check, CheckResult
 
 

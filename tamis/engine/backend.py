@@ -20,12 +20,10 @@ from typing import Any
 import numpy as np
 
 from .._optional import optional_import
+from ..config import DEVICES
 from ..errors import ConfigError, DeviceError
 
 log = logging.getLogger("tamis")
-
-DEVICES = ("auto", "cpu", "gpu")
-
 
 @dataclass(frozen=True)
 class Backend:

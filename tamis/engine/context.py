@@ -2,8 +2,10 @@
 
 Expensive things are built once per run, on first use, and cached here (cleanlab's
 shared kNN graph): the valid-row mask, the L2-normalised embedding matrix on the
-device, label and split codes, and later the neighbour graph and pair lists. Checks
-read them as properties or through :meth:`RunContext.artifact`.
+device, label and split codes, and later the neighbour graph and pair lists
+(:mod:`tamis.engine.artifacts`, built by the context's executor: here, or on a Dask
+cluster, the context never asks which). Checks read them as properties or through
+:meth:`RunContext.artifact`; :meth:`RunContext.built` lists what one kind holds so far.
 
 Row spaces: ``ctx.n`` input rows; ``ctx.valid`` marks the rows whose embedding is
 finite and non-zero (all rows when the store has no embeddings); ``ctx.embeddings`` holds
@@ -22,10 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..config import ScanConfig
 from ..errors import InputError
-from .backend import Backend
-from .progress import Progress
 from ..io.store import Store
+from .backend import Backend
+from .executors import Executor
+from .executors.local import LocalExecutor
+from .progress import Progress
 
 log = logging.getLogger("tamis")
 
@@ -36,25 +41,19 @@ NORMALISE_BLOCK_BYTES = 64 << 20
 class RunContext:
     """Everything one scan shares between its checks."""
 
-    def __init__(self, store: Store, backend: Backend, *, precision: str = "float32",
-                 progress: Progress | None = None, options: dict | None = None,
-                 cluster: Any = None, allocate: Callable[[tuple, str], Any] | None = None):
+    def __init__(self, store: Store, backend: Backend, config: ScanConfig | None = None, *,
+                 executor: Executor | None = None, progress: Progress | None = None):
         self.store = store
-        #: what builds the heavy artefacts (pair search, neighbour graph) elsewhere, e.g. a Dask
-        #: cluster (:class:`tamis.engine.executors.dask.ClusterBuilder`); None builds them here, in memory
-        self.cluster = cluster
-        #: ``allocate(shape, dtype)`` holds the normalised matrix (default: in memory on the device);
-        #: a distributed scan keeps it in a local file read in blocks
-        self.allocate = allocate
-        #: scan-level settings shared by several checks (e.g. the duplicate threshold)
-        self.options = {"threshold": 0.95, "engine": "auto", "k": None, **(options or {})}
+        #: the scan's settings (threshold, engine, k, search parameters, precision, ...)
+        self.config = config or ScanConfig()
+        #: what builds the pair list and the neighbour graph (here, or on a Dask cluster's workers)
+        self.executor = executor or LocalExecutor()
         #: what the similarity search ran (engine, exactness, measured recall), for summary.json
         self.search_info: dict[str, dict] = {}
         #: shared between the pair search and the neighbour graph (e.g. the ivf engine's k-means)
         self.search_state: dict = {}
         self.backend = backend
         self.xp = backend.xp
-        self.precision = precision
         self.progress = progress or Progress(enabled=False)
         self.timings: dict[str, float] = {}
         self._cache: dict[Any, Any] = {}
@@ -68,8 +67,11 @@ class RunContext:
                 self._cache[key] = build()
         return self._cache[key]
 
-    def has_artifact(self, key: Any) -> bool:
-        return key in self._cache
+    def built(self, kind: str) -> dict[Any, Any]:
+        """The artefacts of one ``kind`` built so far, by their parameter: ``ctx.artifact((kind, p), ...)``
+        stored under ``p`` (e.g. ``built("knn")`` maps each k built to its graph)."""
+        return {key[1]: value for key, value in self._cache.items()
+                if isinstance(key, tuple) and len(key) == 2 and key[0] == kind}
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -130,7 +132,7 @@ class RunContext:
                 raise InputError(f"{self.store.source}: none of the {n} embeddings is usable (every row is NaN, "
                                  "inf or all zeros); check how the embeddings were computed and saved")
             rows = np.flatnonzero(valid)
-            out = (self.allocate or xp.empty)((len(rows), d), self.precision)
+            out = self.executor.allocate((len(rows), d), self.config.precision, xp)
             inv = 1.0 / np.sqrt(norms[rows])
             contiguous = len(rows) == n
             for start in range(0, len(rows), block):  # pass 2: normalised valid rows, in order

@@ -33,12 +33,14 @@ import numpy as np
 import pyarrow as pa
 
 from .._optional import has_module
+from ..config import PROJECTIONS
 from ..errors import ConfigError, InputError
 from .backend import to_host
 
 log = logging.getLogger("tamis")
 
-METHODS = ("umap", "tsne", "pca")
+#: the map methods of :data:`tamis.config.PROJECTIONS` (without "auto" and "none")
+METHODS = tuple(m for m in PROJECTIONS if m not in ("auto", "none"))
 #: where each optional method comes from: (module, pip package)
 PACKAGES = {"umap": ("umap", "umap-learn"), "tsne": ("openTSNE", "openTSNE")}
 #: rows placed per ``transform`` call when M > max_fit

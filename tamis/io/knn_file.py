@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.backend import to_host
 from ..errors import InputError
 from .atomic import default_file_mode
-from ..engine.backend import to_host
 
 __all__ = ["METRIC", "KNN_FILE", "to_csr", "to_umap_precomputed", "save_knn", "load_knn", "load_knn_rows"]
 

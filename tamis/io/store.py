@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..config import ColumnSpec  # noqa: F401  (readers name columns with it)
 from ..errors import InputError
 
 #: names of the inputs a check can require
@@ -23,23 +24,6 @@ INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs", "qualit
 
 #: tolerance on |sum(pred_probs row) - 1|
 PRED_PROBS_ATOL = 1e-3
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    """Which column holds which input; ``None`` means "detect the usual names"."""
-
-    embedding: str | None = None
-    label: str | None = None
-    path: str | None = None
-    split: str | None = None
-    id: str | None = None
-    pred_probs: str | None = None
-    quality: str | None = None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"embedding": self.embedding, "label": self.label, "path": self.path,
-                "split": self.split, "id": self.id, "pred_probs": self.pred_probs, "quality": self.quality}
 
 
 @dataclass(frozen=True)

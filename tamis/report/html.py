@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._version import __version__
-from ..io.atomic import atomic_path, default_dir_mode, write_text
 from ..engine.projection import coords_by_row
-from .model import Report
 from ..errors import ConfigError, InputError
+from ..io.atomic import atomic_path, default_dir_mode, write_text
+from .model import Report
 
 log = logging.getLogger("tamis")
 

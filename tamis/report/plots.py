@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..io.atomic import atomic_path
 from ..engine.projection import coords_by_row
-from .model import Report
 from ..errors import ConfigError, InputError
+from ..io.atomic import atomic_path
+from .model import Report
 
 #: classes drawn in the class distribution (the largest)
 MAX_CLASSES = 30

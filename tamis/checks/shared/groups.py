@@ -1,9 +1,7 @@
-"""Artefacts the duplicate family shares: near-duplicate pairs, their groups, keep policies.
+"""What the duplicate family shares: groups of near duplicates and the keep policies.
 
-Pairs are searched once per run, at the lowest threshold any check asks for (the
-near-duplicate check's sweep starts at 0.90), and every check filters them to its own
-threshold, so exact, near, conflicting and leakage checks cost one pair search together.
-Pairs are kept on the host in input-row space: ``row_a < row_b``, sorted.
+The pairs come from the run's one pair search (:func:`tamis.engine.artifacts.pairs_at`), so
+exact, near, conflicting and leakage checks cost one search together.
 
 Groups are the connected components of the pair graph (scipy's csgraph on the host: the
 pair list is small next to the embeddings). A group's id is its smallest input row, so the
@@ -20,29 +18,10 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ...engine.artifacts import Pairs, pairs_at
 from ...errors import InputError
-from ...engine.search import find_pairs
 
 KEEP_POLICIES = ("first", "central", "quality")
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """Pairs of input rows with their cosine similarity; ``row_a < row_b``, sorted."""
-
-    row_a: np.ndarray
-    row_b: np.ndarray
-    similarity: np.ndarray
-    threshold: float
-
-    def at(self, threshold: float) -> "Pairs":
-        if threshold == self.threshold:
-            return self
-        keep = self.similarity >= np.float32(threshold)
-        return Pairs(self.row_a[keep], self.row_b[keep], self.similarity[keep], threshold)
-
-    def __len__(self) -> int:
-        return len(self.row_a)
 
 
 @dataclass(frozen=True)
@@ -64,33 +43,6 @@ class Groups:
 
     def sizes(self) -> np.ndarray:
         return np.diff(self.starts)
-
-
-def resolve_threshold(ctx, threshold: float | None) -> float:
-    """A check's own threshold, else the scan's ``--threshold``."""
-    return float(threshold) if threshold is not None else float(ctx.options["threshold"])
-
-
-def pairs_at(ctx, threshold: float) -> Pairs:
-    """All pairs of valid rows with similarity >= ``threshold``, searched once per run."""
-    for key in [k for k in ctx._cache if isinstance(k, tuple) and k[0] == "pairs"]:
-        if key[1] <= threshold:
-            return ctx._cache[key].at(threshold)
-
-    def build() -> Pairs:
-        if ctx.cluster is not None:  # searched on the cluster's workers, same result format
-            a, b, sim, info = ctx.cluster.pairs(ctx, threshold)
-        else:
-            with ctx.progress.task("pair search", total=len(ctx.valid_rows)) as advance:
-                result = find_pairs(ctx.embeddings, threshold, engine=ctx.options["engine"], xp=ctx.xp,
-                                    progress=advance, state=ctx.search_state,
-                                    **ctx.options.get("search_params", {}))
-            a, b, sim, info = result.row_a, result.row_b, result.similarity, result.info
-        ctx.search_info["pairs"] = {"threshold": float(threshold), **info}
-        rows = ctx.valid_rows
-        return Pairs(rows[a], rows[b], sim.astype(np.float32), threshold)
-
-    return ctx.artifact(("pairs", float(threshold)), build)
 
 
 def groups_of(n: int, row_a: np.ndarray, row_b: np.ndarray) -> Groups:

@@ -32,7 +32,17 @@ from typing import Any, Callable
 import numpy as np
 
 from ...errors import ConfigError
-from .registry import ENGINES, SearchOptions, check_unit, choose, engine_names, get_engine
+
+# every engine module registers its class on import; after the registry, in listing order
+from . import exact, faiss_engine, ivf  # noqa: E402, F401, I001
+from .registry import (
+    ENGINES,
+    SearchOptions,
+    check_unit,
+    choose,
+    engine_names,
+    get_engine,
+)
 from .rows import prepare
 
 log = logging.getLogger("tamis")
@@ -41,13 +51,6 @@ __all__ = ["find_pairs", "knn_graph", "PairResult", "NeighbourResult", "engine_n
            "SearchOptions", "prepare"]
 
 MIN_MEMORY_BYTES = 1 << 20
-
-
-def _load_backends() -> None:
-    """Import every backend module (each registers its engine)."""
-    from . import exact  # noqa: F401  (registration order is the order engines are listed in)
-    from . import ivf  # noqa: F401
-    from . import faiss_engine  # noqa: F401
 
 
 @dataclass

@@ -31,8 +31,15 @@ from ..backend import to_host
 from .exact import exact_neighbours, n_candidates, sort_pairs
 from .recall import knn_recall, pair_recall, recall_sample
 from .refine import refine_neighbours, rescore_pairs
-from .registry import (EXACT_WORK, KNN_RECALL, PAIR_RECALL, SearchEngine, SearchOptions,
-                       check_positive_int, register)
+from .registry import (
+    EXACT_WORK,
+    KNN_RECALL,
+    PAIR_RECALL,
+    SearchEngine,
+    SearchOptions,
+    check_positive_int,
+    register,
+)
 from .rows import canonical_dot, tile_margin
 from .tiles import collect_above, plan_for
 

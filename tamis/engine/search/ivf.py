@@ -37,8 +37,15 @@ from .exact import exact_neighbours, sort_pairs
 from .kmeans import bucket_members, nearest_centroid, probe_order, spherical_kmeans
 from .recall import knn_recall, pair_recall, recall_sample
 from .refine import refine_neighbours, rescore_pairs
-from .registry import (KNN_RECALL, PAIR_RECALL, SearchEngine, SearchOptions, check_positive_int,
-                       check_unit, register)
+from .registry import (
+    KNN_RECALL,
+    PAIR_RECALL,
+    SearchEngine,
+    SearchOptions,
+    check_positive_int,
+    check_unit,
+    register,
+)
 from .rows import canonical_dot, tile_dtype, tile_margin
 from .tiles import pair_strip, parallel_map, plan_for, spans
 

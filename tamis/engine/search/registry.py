@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...config import ENGINES as CONFIG_ENGINES
 from ...errors import ConfigError
 
 __all__ = ["SearchEngine", "SearchOptions", "ENGINES", "register", "get_engine", "engine_names",
@@ -77,16 +78,17 @@ ENGINES: dict[str, SearchEngine] = {}
 
 
 def register(cls: type[SearchEngine]) -> type[SearchEngine]:
-    """Class decorator: one registry line per backend."""
+    """Class decorator: one registry line per backend; its name must be one :data:`tamis.config.ENGINES`
+    declares (the one list of allowed values)."""
+    if cls.name not in CONFIG_ENGINES:
+        raise RuntimeError(f"engine {cls.name!r} is not declared in tamis.config.ENGINES; add it there")
     ENGINES[cls.name] = cls()
     return cls
 
 
 def engine_names() -> tuple[str, ...]:
-    from . import _load_backends   # every backend module registers itself on import
-
-    _load_backends()
-    return ("auto",) + tuple(ENGINES)
+    """``auto`` and every engine, as :data:`tamis.config.ENGINES` declares them."""
+    return CONFIG_ENGINES
 
 
 def get_engine(name: str, xp: ModuleType) -> SearchEngine:

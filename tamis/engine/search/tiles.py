@@ -92,7 +92,7 @@ def parallel_map(fn: Callable[[Any], Any], items: list, plan: Plan) -> Iterator[
 
 def _blas_threads(n: int) -> Any:
     try:
-        from threadpoolctl import threadpool_limits   # installed with scikit-learn
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
     except ImportError:                                # pragma: no cover
         return contextlib.nullcontext()
     return threadpool_limits(limits=n, user_api="blas")

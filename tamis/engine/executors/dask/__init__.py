@@ -35,6 +35,6 @@ Nothing here imports Dask until a distributed scan starts (``pip install 'tamis[
 
 from __future__ import annotations
 
-from .cluster import ClusterBuilder, ClusterError, Session, open_session
+from .cluster import ClusterError, DaskExecutor, Session, open_session
 
-__all__ = ["ClusterBuilder", "ClusterError", "Session", "open_session"]
+__all__ = ["DaskExecutor", "ClusterError", "Session", "open_session"]

@@ -42,17 +42,25 @@ from typing import Any
 
 import numpy as np
 
-from ...search.exact import n_candidates, pairs_in_block
+from ....kernels.topk import empty_topk, merge_topk
+from ...search.exact import n_candidates, pairs_in_block, sort_pairs
 from ...search.ivf import KMEANS_ITERS, KNN_PROBES, PAIR_ROUNDS, SAMPLE_ROWS
 from ...search.kmeans import bucket_members, probe_order, spherical_kmeans
 from ...search.recall import knn_recall, recall_against, recall_sample
 from ...search.refine import block_scorer, refine_neighbours
 from ...search.registry import KNN_RECALL, PAIR_RECALL
 from ...search.tiles import plan_for
-from ....kernels.topk import empty_topk, merge_topk
 from .partitions import Partition
-from .tasks import (TASK_MEMORY_BYTES, ReadSpec, knn_partition, load_partition, partition_loader, sample_pairs,
-                    sample_rows, worker_backend)
+from .tasks import (
+    TASK_MEMORY_BYTES,
+    ReadSpec,
+    knn_partition,
+    load_partition,
+    partition_loader,
+    sample_pairs,
+    sample_rows,
+    worker_backend,
+)
 
 log = logging.getLogger("tamis")
 
@@ -225,8 +233,6 @@ def _pick(assigned: dict, names: tuple[str, ...]) -> Any:
 
 def bucket_pairs_on(builder, ctx, parts, counts, offsets, threshold: float):
     """The bucketed pair search: ``(row_a, row_b, similarity, info)`` in valid-row space, sorted."""
-    from .cluster import _sorted_pairs
-
     n_buckets, probe_threshold, assigned = _centroids(builder, ctx, parts, counts, offsets, threshold)
     if threshold < probe_threshold:   # probes were made for a higher threshold: too few for this one
         builder.state.pop(("buckets", len(ctx.valid_rows)))
@@ -235,7 +241,7 @@ def bucket_pairs_on(builder, ctx, parts, counts, offsets, threshold: float):
                                  (assigned["pairs"][i], assigned["pairs"][j]), float(threshold)),
              f"pairs-{threshold}-{parts[i].index}-{parts[j].index}")
             for i in range(len(parts)) for j in range(i, len(parts))]
-    a, b, s = _sorted_pairs(builder.run(jobs, "pair search"), len(ctx.valid_rows))
+    a, b, s = sort_pairs(builder.run(jobs, "pair search"), len(ctx.valid_rows), np)
     recall, n_true = _pair_recall(builder, parts, counts, offsets, a, b, threshold)
     if recall < PAIR_RECALL:
         log.warning("distributed ivf pairs: sample recall %.4f < %.2f; use engine='exact' for every pair",
@@ -264,7 +270,7 @@ def _gather(builder, parts, counts, offsets, rows: np.ndarray) -> np.ndarray:
 
 def bucket_knn_on(builder, ctx, parts, counts, offsets, k: int):
     """The bucketed neighbour graph, as the local ivf engine searches it: ``(idx, sims, info)``."""
-    n_lists, _, assigned = _centroids(builder, ctx, parts, counts, offsets, ctx.options["threshold"])
+    n_lists, _, assigned = _centroids(builder, ctx, parts, counts, offsets, ctx.config.threshold)
     m = len(ctx.valid_rows)
     sample = recall_sample(m, SAMPLE_ROWS, SEED)
     truth = _exact_rows(builder, parts, counts, offsets, sample, k)[1]

@@ -1,14 +1,12 @@
-"""One distributed scan: the Dask client, the partitioned store, and the artefacts built on the workers.
+"""One distributed scan: the Dask client, the partitioned store, and the executor that runs on the workers.
 
 :func:`open_session` connects (an existing ``Client``, a scheduler address, or a local
-cluster of N workers it starts and stops), opens the store as partitions
-(:func:`~tamis.engine.executors.dask.partitions.open_partitioned_store`) and returns a
-:class:`Session`. Its :class:`ClusterBuilder` is the run context's ``cluster``: the duplicate
-family's pair search (:func:`tamis.checks.shared.groups.pairs_at`) and the neighbour graph
-(:func:`tamis.engine.neighbors.neighbours`) ask it instead of searching ``ctx.embeddings``.
-It submits one task per block of partitions (:mod:`tamis.engine.executors.dask.tasks`), gathers the
-small results and returns them in the shapes the local engines return, so the checks and
-the cache keys (``("pairs", threshold)``, ``("knn", k)``) are the same as in one process.
+cluster of N workers it starts and stops), opens the store as partitions and returns a
+:class:`Session`. Its :class:`DaskExecutor` is the run context's executor: the pair search
+and the neighbour graph (:mod:`tamis.engine.artifacts`) ask it, as they ask the local one.
+It submits one task per block of partitions (:mod:`.tasks`), gathers the small results and
+returns them in the shapes the local executor returns, so the checks and the artefact cache
+are the same as in one process.
 
 Failures: tasks are pure, so when a worker dies the scheduler re-runs its tasks elsewhere
 (up to Dask's ``distributed.scheduler.allowed-failures``, 3 by default). A task that still
@@ -30,9 +28,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ...._optional import has_module, optional_import
-from ...search.registry import choose
-from ....io.store import ColumnSpec, Store
 from ....errors import ConfigError, TamisError
+from ....io.store import ColumnSpec, Store
+from ...search.exact import sort_pairs
+from ...search.registry import choose
+from .. import Executor
 from .blocked import DiskMatrix
 from .partitions import Partition, open_partitioned_store
 from .tasks import ReadSpec, drop_cache, knn_partition, pair_block
@@ -47,7 +47,7 @@ class ClusterError(TamisError, RuntimeError):
     """The Dask cluster could not finish the scan (a worker kept dying, the scheduler went away)."""
 
 
-class ClusterBuilder:
+class DaskExecutor(Executor):
     """Builds the pair list and the neighbour graph on the cluster's workers.
 
     What runs where: each task reads and normalises its partitions on its worker and
@@ -57,8 +57,13 @@ class ClusterBuilder:
     mask; never the embeddings.
     """
 
-    def __init__(self, client: Any, spec: ReadSpec, partitions: list[Partition], n_workers: int):
+    name = "dask"
+
+    def __init__(self, client: Any, spec: ReadSpec | None, partitions: list[Partition], n_workers: int,
+                 folder: str):
         self.client = client
+        #: the client's local folder: the normalised matrix is a file in it (:meth:`allocate`)
+        self.folder = folder
         self.spec = spec
         self.partitions = partitions
         self.n_workers = max(1, n_workers)
@@ -70,7 +75,7 @@ class ClusterBuilder:
     def pairs(self, ctx, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """(row_a, row_b, similarity, info) in valid-row space, sorted, as :func:`find_pairs` gives them."""
         parts, counts, offsets = self._layout(ctx)
-        engine = self._engine("pairs", ctx.options["engine"], len(ctx.valid_rows))
+        engine = self._engine("pairs", ctx.config.engine, len(ctx.valid_rows))
         if engine != "exact":
             from .buckets import bucket_pairs_on
             return bucket_pairs_on(self, ctx, parts, counts, offsets, threshold)
@@ -78,12 +83,12 @@ class ClusterBuilder:
                               float(threshold)), f"pairs-{threshold}-{parts[i].index}-{parts[j].index}")
                 for i in range(len(parts)) for j in range(i, len(parts))]
         found = self.run(jobs, "pair search")
-        return (*_sorted_pairs(found, len(ctx.valid_rows)), {"engine": "exact", "exact": True, "recall": 1.0})
+        return (*sort_pairs(found, len(ctx.valid_rows), np), {"engine": "exact", "exact": True, "recall": 1.0})
 
     def knn(self, ctx, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """(indices, similarities, info), each (M, k), as :func:`tamis.engine.search.knn_graph` gives them."""
         parts, counts, offsets = self._layout(ctx)
-        engine = self._engine("neighbours", ctx.options["engine"], len(ctx.valid_rows))
+        engine = self._engine("neighbours", ctx.config.engine, len(ctx.valid_rows))
         if engine != "exact":
             from .buckets import bucket_knn_on
             return bucket_knn_on(self, ctx, parts, counts, offsets, k)
@@ -92,6 +97,13 @@ class ClusterBuilder:
         lists = self.run(jobs, "neighbour graph")
         return (np.concatenate([r[0] for r in lists]), np.concatenate([r[1] for r in lists]),
                 {"engine": "exact", "exact": True, "recall": 1.0})
+
+    def allocate(self, shape: tuple, dtype: str, xp: Any) -> DiskMatrix:
+        """Where the client keeps the normalised matrix: a file in the session's local folder."""
+        return DiskMatrix.create(self.folder, shape, dtype)
+
+    def describe(self) -> dict:
+        return {"executor": self.name, "engines": dict(self.engines)}
 
     # ------------------------------------------------------------------ plumbing
     def _layout(self, ctx) -> tuple[list[Partition], list[int], list[int]]:
@@ -160,43 +172,25 @@ def _cluster_error(exc: Exception, what: str) -> Exception:
     return exc
 
 
-def _sorted_pairs(found: list, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not found:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    rows = np.concatenate([f[0] for f in found]).astype(np.int64)
-    cols = np.concatenate([f[1] for f in found]).astype(np.int64)
-    sims = np.concatenate([f[2] for f in found]).astype(np.float32)
-    order = np.argsort(rows * max(m, 1) + cols, kind="stable")
-    return rows[order], cols[order], sims[order]
-
-
 # ---------------------------------------------------------------------------- the session
 class Session:
     """A distributed scan's resources; :meth:`close` releases them (and stops a cluster it started)."""
 
-    def __init__(self, client: Any, store: Store, builder: ClusterBuilder | None, folder: str,
-                 owned: list[Any], describe: dict):
+    def __init__(self, client: Any, store: Store, executor: DaskExecutor, owned: list[Any], describe: dict):
         self.client = client
         self.store = store
-        self.cluster = builder
-        self.folder = folder
+        #: the run context's executor
+        self.executor = executor
         self._owned = owned
         self._describe = describe
 
-    def allocate(self, shape: tuple, dtype: str) -> DiskMatrix:
-        """Where the client keeps the normalised matrix: a file in the session's local folder."""
-        return DiskMatrix.create(self.folder, shape, dtype)
-
     def describe(self) -> dict:
-        out = dict(self._describe)
-        if self.cluster is not None:
-            out["engines"] = dict(self.cluster.engines)
-        return out
+        return {**self._describe, "engines": dict(self.executor.engines)}
 
     def close(self) -> None:
-        if self.cluster is not None:
+        if self.executor.spec is not None:
             try:
-                self.client.run(drop_cache, self.cluster.spec.token)
+                self.client.run(drop_cache, self.executor.spec.token)
             except Exception as exc:  # noqa: BLE001 - best effort: the workers' folders go with them
                 log.info("could not clear the workers' partition caches: %s", exc)
         for thing in reversed(self._owned):
@@ -204,7 +198,7 @@ class Session:
                 thing.close()
             except Exception as exc:  # noqa: BLE001
                 log.info("closing %s: %s", type(thing).__name__, exc)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.executor.folder, ignore_errors=True)
 
 
 def open_session(source: Any, columns: ColumnSpec, *, client: Any = None, workers: int | None = None,
@@ -234,15 +228,14 @@ def open_session(source: Any, columns: ColumnSpec, *, client: Any = None, worker
         if n_workers == 0:
             raise ClusterError(f"the Dask cluster at {client.scheduler.address} has no workers; start some "
                                "(dask worker ADDRESS, or dask-cuda-worker ADDRESS on GPU nodes)")
-        builder = None
+        spec = None
         if store.embeddings is not None:
             spec = ReadSpec(token=uuid.uuid4().hex[:12], column=store.embeddings.column, source=store.source,
                             dim=store.embeddings.shape[1], precision=precision, device=device)
-            builder = ClusterBuilder(client, spec, partitions, n_workers)
         describe = {"scheduler": client.scheduler.address, "n_workers": n_workers,
                     "n_partitions": len(partitions), "worker_device": device,
                     "started_local_cluster": workers is not None}
-        return Session(client, store, builder, folder, owned, describe)
+        return Session(client, store, DaskExecutor(client, spec, partitions, n_workers, folder), owned, describe)
     except BaseException:
         for thing in reversed(owned):
             thing.close()
@@ -287,4 +280,4 @@ def _local_cluster(workers: int, device: str, distributed: Any) -> Any:
                                     dashboard_address=":0", silence_logs=logging.ERROR)
 
 
-__all__ = ["ClusterBuilder", "ClusterError", "Session", "open_session"]
+__all__ = ["DaskExecutor", "ClusterError", "Session", "open_session"]

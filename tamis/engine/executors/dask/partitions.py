@@ -23,9 +23,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ....io.readers import PARQUET_SUFFIXES, choose_columns, convert_columns, parquet_shards
-from ....io.store import ColumnSpec, Store
 from ....errors import InputError
+from ....io.readers import (
+    PARQUET_SUFFIXES,
+    choose_columns,
+    convert_columns,
+    parquet_shards,
+)
+from ....io.store import ColumnSpec, Store
 from .blocked import BlockedMatrix
 
 #: default partition size: about this many bytes of float32 embeddings

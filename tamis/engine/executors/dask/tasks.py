@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from ....errors import InputError
 from ...backend import Backend, resolve_backend
 from ...context import NORMALISE_BLOCK_BYTES, scaled_rows, squared_norms
 from ...search.exact import exact_rows, pairs_in_block
 from ...search.recall import true_pairs
 from ...search.refine import block_scorer
 from ...search.rows import tile_dtype
-from ....errors import InputError
 from .partitions import Partition, read_partition
 
 #: partitions kept in memory per worker process (the two a pair block needs)

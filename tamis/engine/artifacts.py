@@ -1,0 +1,101 @@
+"""The shared artefacts of a run: the near-duplicate pairs and the neighbour graph, built once.
+
+Every duplicate-family check asks :func:`pairs_at` for the threshold it needs: pairs are
+searched once per run, at the lowest threshold asked for first (the near-duplicate check's
+sweep starts at 0.90), and a higher threshold filters them. Every neighbour-based check
+(label errors, outliers, split shift, the projection) asks :func:`neighbours` for its k: a
+graph built for a larger k is sliced, never rebuilt. Both are built by the run's executor
+(:mod:`tamis.engine.executors`) and cached in the run context under ``("pairs", threshold)``
+and ``("knn", k)``; this module is the only one that knows those keys.
+
+Row spaces: pairs are kept in input-row space (``row_a < row_b``, sorted); the graph lives
+in the valid-row space of ``ctx.embeddings`` (indices into it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import DEFAULT_K
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Pairs of input rows with their cosine similarity; ``row_a < row_b``, sorted."""
+
+    row_a: np.ndarray
+    row_b: np.ndarray
+    similarity: np.ndarray
+    threshold: float
+
+    def at(self, threshold: float) -> "Pairs":
+        if threshold == self.threshold:
+            return self
+        keep = self.similarity >= np.float32(threshold)
+        return Pairs(self.row_a[keep], self.row_b[keep], self.similarity[keep], threshold)
+
+    def __len__(self) -> int:
+        return len(self.row_a)
+
+
+def resolve_threshold(ctx, threshold: float | None) -> float:
+    """A check's own threshold, else the scan's ``--threshold``."""
+    return float(threshold) if threshold is not None else float(ctx.config.threshold)
+
+
+def pairs_at(ctx, threshold: float) -> Pairs:
+    """All pairs of valid rows with similarity >= ``threshold``, searched once per run."""
+    for built, pairs in sorted(ctx.built("pairs").items()):
+        if built <= threshold:
+            return pairs.at(threshold)
+
+    def build() -> Pairs:
+        a, b, sim, info = ctx.executor.pairs(ctx, threshold)
+        ctx.search_info["pairs"] = {"threshold": float(threshold), **info}
+        rows = ctx.valid_rows
+        return Pairs(rows[a], rows[b], sim.astype(np.float32), threshold)
+
+    return ctx.artifact(("pairs", float(threshold)), build)
+
+
+def resolve_k(ctx, k: int | None) -> int:
+    """The k a check uses: its own, else the scan's, else :data:`~tamis.config.DEFAULT_K` capped
+    at M - 1. A k that was asked for is never lowered: :func:`neighbours` refuses one >= M."""
+    chosen = k if k is not None else ctx.config.k
+    if chosen is not None:
+        return int(chosen)
+    m = len(ctx.valid_rows)
+    if m < 2:
+        raise ConfigError(f"{ctx.store.source}: neighbour-based checks need at least 2 valid rows, and the store "
+                          f"has {m}; leave them out with --checks")
+    return min(DEFAULT_K, m - 1)
+
+
+def neighbours(ctx, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, similarities), each (M, k), of the valid rows: self excluded, most similar first."""
+    m = len(ctx.valid_rows)
+    if k >= m:
+        raise ConfigError(f"k={k} neighbours need at least {k + 1} valid rows, and the store has {m}; "
+                          f"lower k (--k {max(1, m - 1)}) or scan more rows")
+    for built, (idx, sim) in sorted(ctx.built("knn").items()):
+        if built >= k:
+            return idx[:, :k], sim[:, :k]
+
+    def build():
+        idx, sims, info = ctx.executor.knn(ctx, k)
+        ctx.search_info["neighbours"] = {"k": int(k), **info}
+        return idx, sims
+
+    return ctx.artifact(("knn", int(k)), build)
+
+
+def largest_graph(ctx):
+    """The graph with the largest k built in this run, or None."""
+    graphs = ctx.built("knn")
+    return graphs[max(graphs)] if graphs else None
+
+
+__all__ = ["Pairs", "pairs_at", "resolve_threshold", "neighbours", "resolve_k", "largest_graph"]
