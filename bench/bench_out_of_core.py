@@ -94,7 +94,7 @@ report = tamis.scan(args["store"], workers=args["workers"], partition_rows=args[
 scan = time.perf_counter() - t
 t = time.perf_counter()
 if args["out"]:
-    report.save(args["out"], html=False)
+    tamis.write_report(report, args["out"], html=False)
 print(json.dumps({"scan_s": scan, "write_s": time.perf_counter() - t, "counts": report.counts(),
                   "timings": report.summary["timings"], "distributed": report.summary["distributed"],
                   "search": report.summary["search"]}))

@@ -3,7 +3,7 @@
 >>> import tamis
 >>> report = tamis.scan("store.npz", device="auto")          # doctest: +SKIP
 >>> report.counts()                                           # doctest: +SKIP
->>> report.save("tamis-report")                               # doctest: +SKIP
+>>> tamis.write_report(report, "tamis-report")               # doctest: +SKIP
 
 ``import tamis`` imports no GPU package; CuPy is loaded only when a GPU run starts.
 """
@@ -16,10 +16,11 @@ from .errors import ConfigError, DeviceError, InputError, TamisError
 from .io.readers import load_store
 from .io.store import Store
 from .pipeline import scan
+from .report.folder import read_report, write_report
 from .report.model import Report
 
 __all__ = [
-    "__version__", "scan", "load_store", "Report", "Store", "ColumnSpec", "ScanConfig", "CHECKS",
+    "__version__", "scan", "load_store", "Report", "write_report", "read_report", "Store", "ColumnSpec", "ScanConfig", "CHECKS",
     "Backend", "resolve_backend", "gpu_available",
     "TamisError", "InputError", "ConfigError", "DeviceError",
 ]

@@ -26,6 +26,7 @@ from .engine.progress import Progress
 from .errors import ConfigError
 from .io.readers import load_store
 from .io.store import Store
+from .report.folder import write_report
 from .report.model import Report
 
 log = logging.getLogger("tamis")
@@ -73,11 +74,12 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
     client, workers, scheduler : run the heavy steps on a Dask cluster (``pip install 'tamis[dask]'``):
         an existing ``distributed.Client``, a number of local worker processes to start (a
         ``LocalCUDACluster`` with one worker per GPU where there are GPUs and dask-cuda), or a
-        scheduler address to join. ``source`` must then be a Parquet file or folder of shards
-        the workers can read; the client keeps no embedding matrix in memory and runs on its CPU,
-        ``device`` applies to the workers. See :mod:`tamis.engine.executors.dask`.
-    partition_rows : with a cluster, rows per partition (whole row groups; default ~64 MiB of
-        float32 embeddings).
+        scheduler address to join. ``source`` must then be a path (in any format above) the
+        workers can read; the client keeps no embedding matrix in memory (except an .npz
+        store's, whose members cannot be read in parts) and runs on its CPU, ``device`` applies
+        to the workers. See :mod:`tamis.engine.executors.dask`.
+    partition_rows : with a cluster, rows per partition (Parquet: whole row groups; default
+        ~64 MiB of float32 embeddings).
     """
     started = time.perf_counter()
     if isinstance(checks, str):
@@ -110,7 +112,7 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
             session.close()
     if out is not None:
         t0 = time.perf_counter()
-        report.save(out, plots=plots, image_root=image_root)
+        write_report(report, out, plots=plots, image_root=image_root)
         report.summary["timings"]["write"] = time.perf_counter() - t0
     return report
 
@@ -233,6 +235,8 @@ def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backen
         "issues": {c.name: int(np.asarray(results[c.name].flags).sum()) for c in runnable},
         "n_excluded": exclusions.num_rows,
         "checks": {c.name: {"params": summarise(c.get_params()), **results[c.name].summary} for c in runnable},
+        "report": {"galleries": {c.name: c.gallery.as_dict() for c in runnable},
+                   "panels": [{"check": c.name, **panel.as_dict()} for c in runnable for panel in c.panels]},
         "timings": timings,
         "versions": _versions(backend),
     }

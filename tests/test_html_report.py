@@ -18,7 +18,8 @@ import pytest
 
 import tamis
 from tamis.engine.projection import project
-from tamis.report.html import resolve_inside, write_html_report
+from tamis.report.html import write_html_report
+from tamis.report.thumbnails import resolve_inside
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -309,9 +310,9 @@ def test_suggested_label_is_shown(browser, scanned, tmp_path):
     page = Page(browser, write_html_report(report, tmp_path, coords=scanned["coords"]))
     try:
         page.js("tamisReport.select(30)")
-        assert page.page.locator("#panel-fields [data-field=suggested]").inner_text() == "class 9"
+        assert page.page.locator("#panel-fields [data-field=suggested_label]").inner_text() == "class 9"
         page.js("tamisReport.select(31)")
-        assert page.page.locator("#panel-fields [data-field=suggested]").count() == 0
+        assert page.page.locator("#panel-fields [data-field=suggested_label]").count() == 0
         assert page.errors == []
     finally:
         page.context.close()
@@ -332,9 +333,11 @@ def test_write_plots(scanned, tmp_path):
     from tamis.report.plots import write_plots
 
     written = write_plots(scanned["report"], tmp_path, coords=scanned["coords"])
-    assert [p.name for p in written] == ["projection.png", "class_distribution.png", "similarity_histogram.png"]
+    # the map, then one plot per drawable panel the checks declared, in check order
+    assert [p.name for p in written] == ["projection.png", "near_duplicate_histogram.png",
+                                         "class_imbalance_class_counts.png"]
     for p in written:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     assert [p.name for p in write_plots(scanned["report"], tmp_path / "nomap")] == \
-        ["class_distribution.png", "similarity_histogram.png"]
+        ["near_duplicate_histogram.png", "class_imbalance_class_counts.png"]
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]

@@ -178,7 +178,7 @@ def test_neighbour_graph_is_built_once_and_saved(tmp_path):
     rows, idx, sims = load_knn_rows(tmp_path / "knn.npz")
     assert idx.shape == (600, 10) and (rows == np.arange(600)).all()
     assert (idx != rows[:, None]).all()
-    loaded = tamis.Report.load(tmp_path)
+    loaded = tamis.read_report(tmp_path)
     np.testing.assert_array_equal(loaded.knn[1], idx)
 
 

@@ -108,7 +108,7 @@ def test_exclude_txt_falls_back_to_ids_then_rows(tmp_path):
 
 def test_report_round_trip(saved):
     report, out = saved
-    loaded = Report.load(out)
+    loaded = tamis.read_report(out)
     assert loaded.samples.equals(report.samples)
     assert loaded.exclusions.equals(report.exclusions)
     assert loaded.tables["class_counts"].equals(report.tables["class_counts"])
@@ -120,17 +120,17 @@ def test_report_round_trip(saved):
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, small_columns, monkeypatch):
     report = tamis.scan(small_columns, device="cpu")
     out = tmp_path / "out"
-    report.save(out)
+    tamis.write_report(report, out)
     first = (out / "summary.json").read_text()
 
-    import tamis.report.model as report_module
+    import tamis.report.folder as report_module
 
     def fail(path, data):
         raise OSError("disk full")
 
     monkeypatch.setattr(report_module, "write_json", fail)
     with pytest.raises(OSError, match="disk full"):
-        report.save(out)
+        tamis.write_report(report, out)
     assert (out / "summary.json").read_text() == first, "the old report must survive a failed save"
     assert not [p for p in os.listdir(out) if p.startswith(".")], "temporary files were left behind"
 

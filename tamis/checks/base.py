@@ -6,7 +6,9 @@ A check is one module holding one :class:`Check` subclass, listed once in
 - ``name``: the issue type; the per-sample columns ``is_<name>_issue`` and
   ``<name>_score`` are derived from it here, so they cannot drift;
 - ``requires``: the store inputs it needs (from :data:`tamis.io.store.INPUTS`);
-- ``_parameter_constraints``: its parameters and their allowed values.
+- ``_parameter_constraints``: its parameters and their allowed values;
+- ``gallery`` and ``panels``: how the report shows it (:mod:`tamis.checks.views`), as data:
+  the report draws them by kind, never by the check's name.
 
 ``__init__`` only stores parameters (scikit-learn's discipline); they are validated when
 :meth:`Check.run` starts. ``run(ctx)`` reads shared artefacts from the
@@ -26,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import validate_params
+from .views import Field, Samples, View
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.context import RunContext
@@ -59,6 +62,10 @@ class Check:
     #: at least one of these inputs must be present too (e.g. embeddings or pred_probs)
     requires_any: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: how the report shows the flagged rows (:mod:`.views`); default: cards, with the split
+    gallery: ClassVar[View] = Samples(fields=(Field("split", "split"),))
+    #: summary cards the report shows for this check's tables or summary (:mod:`.views`)
+    panels: ClassVar[tuple[View, ...]] = ()
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
 
     @classmethod

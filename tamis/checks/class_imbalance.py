@@ -18,12 +18,15 @@ import pyarrow as pa
 
 from ..config import Interval
 from .base import Check, CheckResult, plain
+from .views import Crosstab
 
 
 class ClassImbalance(Check):
     name = "class_imbalance"
     requires = ("labels",)
     description = "classes far below the mean class size, and label mixes that differ between splits"
+    panels = (Crosstab(title="Classes per split", table="class_counts", row="label", column="split",
+                       value="count", share="fraction", mark="is_rare"),)
     _parameter_constraints = {
         "min_fraction": Interval(float, 0, 1, closed="neither"),
         "max_split_distance": Interval(float, 0, 1, closed="both"),

@@ -20,12 +20,16 @@ from ..config import Interval, Options
 from ..engine.artifacts import resolve_threshold
 from .base import Check, CheckResult
 from .shared.groups import near_groups, segment_label_stats
+from .views import Groups
 
 
 class ConflictingLabels(Check):
     name = "conflicting_labels"
     requires = ("embeddings", "labels")
     description = "near-duplicate groups whose members carry different labels"
+    gallery = Groups(table="groups", where=("conflicting", True), facts="conflicts",
+                     fact_columns=(("label_counts", "labels", "counts"), ("majority_label", "majority", "text")),
+                     score_caption="own-label share", exclude="group")
     _parameter_constraints = {
         "threshold": Interval(float, 0, 1, closed="right", none_ok=True),
         "policy": Options(("exclude_group", "keep_majority")),

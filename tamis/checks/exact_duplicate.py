@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from ..config import Options
 from .base import Check, CheckResult
 from .shared.groups import KEEP_POLICIES, groups_of, keep_one
+from .views import Groups
 
 HASH_BLOCK_WORDS = 1 << 24
 
@@ -25,6 +26,7 @@ class ExactDuplicate(Check):
     name = "exact_duplicate"
     requires = ("embeddings",)
     description = "bit-identical embeddings, and the same path listed more than once"
+    gallery = Groups(table="groups", where=("kind", "exact"))
     _parameter_constraints = {"keep": Options(KEEP_POLICIES)}
 
     def __init__(self, keep: str = "first") -> None:

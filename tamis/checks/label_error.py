@@ -36,6 +36,7 @@ from ..engine.artifacts import neighbours, resolve_k
 from ..errors import InputError
 from .base import Check, CheckResult, plain
 from .shared.confident import disagreements, find_label_issues, knn_probabilities
+from .views import Field, Samples, Table
 
 
 class LabelError(Check):
@@ -43,6 +44,8 @@ class LabelError(Check):
     requires = ("labels",)
     requires_any = ("embeddings", "pred_probs")
     description = "likely wrong labels, from neighbourhoods and/or a model's pred_probs (confident learning)"
+    gallery = Samples(fields=(Field("label", "given"), Field("suggested_label", "suggested")))
+    panels = (Table(title="Label confusion (given -> suggested)", table="label_confusion"),)
     _parameter_constraints = {
         "source": Options(("auto", "embeddings", "pred_probs")),
         "k": Interval(int, 1, None, none_ok=True),

@@ -17,6 +17,7 @@ import numpy as np
 from ..config import Interval, Options
 from ..engine.artifacts import pairs_at, resolve_threshold
 from .base import Check, CheckResult
+from .views import Field, Pairs
 
 TRAIN_NAMES = ("train", "training", "trn")
 TEST_NAMES = ("test", "testing", "holdout", "eval", "evaluation")
@@ -26,6 +27,7 @@ class Leakage(Check):
     name = "leakage"
     requires = ("embeddings", "split")
     description = "near copies that cross splits (train vs val / test)"
+    gallery = Pairs(table="pairs", value="similarity", where=("cross_split", True), field=Field("split", "split"))
     _parameter_constraints = {
         "threshold": Interval(float, 0, 1, closed="right", none_ok=True),
         "exclude": Options(("eval", "train", "none")),

@@ -31,6 +31,7 @@ from .shared.groups import (
     max_similarity,
     near_groups,
 )
+from .views import Groups, Histogram
 
 SWEEP = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 
@@ -39,6 +40,11 @@ class NearDuplicate(Check):
     name = "near_duplicate"
     requires = ("embeddings",)
     description = "pairs and groups of rows with cosine similarity >= threshold"
+    gallery = Groups(table="groups")
+    panels = (Histogram(title="Near-duplicate similarity", key="histogram", marker="threshold",
+                        x_label="cosine similarity", y_label="pairs",
+                        note="Pairs per cosine-similarity bin (log scale); the line is the threshold: pairs at or "
+                             "above it are near duplicates."),)
     _parameter_constraints = {
         "threshold": Interval(float, 0, 1, closed="right", none_ok=True),
         "keep": Options(KEEP_POLICIES),

@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..config import ScanConfig
 from ..errors import InputError
+from ..io.labels import encode
 from ..io.store import Store
 from .backend import Backend
 from .executors import Executor
@@ -169,7 +169,7 @@ class RunContext:
             if self.store.pred_probs is not None and pa.types.is_integer(labels.type):
                 return labels.to_numpy(zero_copy_only=False).astype(np.int64), \
                     list(range(self.store.pred_probs.shape[1]))
-            return _encode(labels)
+            return encode(labels)
         return self.artifact("labels", build)
 
     @property
@@ -181,7 +181,7 @@ class RunContext:
         return self._splits()[1]
 
     def _splits(self) -> tuple[np.ndarray, list]:
-        return self.artifact("splits", lambda: _encode(self._need("split")))
+        return self.artifact("splits", lambda: encode(self._need("split")))
 
     def _need(self, name: str) -> Any:
         value = getattr(self.store, name)
@@ -199,15 +199,3 @@ def squared_norms(rows: Any, xp: Any) -> Any:
 def scaled_rows(rows: Any, inverse_norms: Any, xp: Any) -> Any:
     """``rows * inverse_norms`` in float32: the normalised rows, bit for bit the same on every worker."""
     return xp.asarray(rows, dtype=xp.float32) * xp.asarray(inverse_norms, dtype=xp.float32)[:, None]
-
-
-def _encode(values: pa.Array) -> tuple[np.ndarray, list]:
-    """Codes into the sorted distinct values, computed with Arrow's hash kernels."""
-    encoded = pc.dictionary_encode(values).combine_chunks() if isinstance(values, pa.ChunkedArray) \
-        else pc.dictionary_encode(values)
-    dictionary = encoded.dictionary
-    order = np.asarray(pc.array_sort_indices(dictionary), dtype=np.int64)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    codes = rank[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
-    return codes, dictionary.take(pa.array(order)).to_pylist()

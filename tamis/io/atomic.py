@@ -1,12 +1,16 @@
-"""Atomic file output: write to a temporary name in the same folder, then rename.
+"""Atomic file output, the only one in tamis: write to a temporary name in the same folder, then rename.
 
 A reader never sees a half-written file, and a failed run leaves what was there before.
+:func:`atomic_path` does it for one file (flushed to disk before the rename),
+:func:`staged_folder` for a set of files and folders that appear together,
+:func:`output_folder` checks and creates the folder a report goes into.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +26,56 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb") as written:   # on disk before the rename, so a crash leaves old or new
+            os.fsync(written.fileno())
         os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; a report is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def output_folder(out: str | os.PathLike, option: str = "--out DIR") -> Path:
+    """``out`` as a folder that exists (created with its parents); an error when it is a file."""
+    from ..errors import InputError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: the output path is a file; give a folder ({option})")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@contextmanager
+def staged_folder(out: Path, prefix: str = ".tamis-staging-") -> Iterator[Path]:
+    """A fresh folder inside ``out`` to write into, removed afterwards with whatever was not
+    moved out of it (:func:`move_into_place`)."""
+    stage = Path(tempfile.mkdtemp(prefix=prefix, dir=out))
+    os.chmod(stage, default_dir_mode())  # mkdtemp makes 0700
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def move_into_place(new: Path, target: Path) -> None:
+    """Rename file or folder ``new`` to ``target``, replacing what was there (a folder is swapped:
+    the old one is renamed aside first, then removed)."""
+    if not new.is_dir():
+        os.replace(new, target)
+        return
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}-old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def _umask() -> int:

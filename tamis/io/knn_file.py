@@ -9,7 +9,6 @@ written or read as ``knn.npz`` (:func:`save_knn`, :func:`load_knn`, :func:`load_
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..engine.backend import to_host
 from ..errors import InputError
-from .atomic import default_file_mode
+from .atomic import atomic_path
 
 __all__ = ["METRIC", "KNN_FILE", "to_csr", "to_umap_precomputed", "save_knn", "load_knn", "load_knn_rows"]
 
@@ -112,20 +111,10 @@ def save_knn(path: str | os.PathLike, indices: Any, similarities: Any, *,
     if not target.parent.is_dir():
         raise InputError(f"cannot write {target}: the directory {target.parent} does not "
                          "exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     extra = {} if rows_arr is None else {"rows": rows_arr}
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, indices=indices, distances=_distances(similarities),
-                     k=np.int64(indices.shape[1]), metric=np.str_(METRIC), **extra)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        np.savez(f, indices=indices, distances=_distances(similarities),
+                 k=np.int64(indices.shape[1]), metric=np.str_(METRIC), **extra)
     return target
 
 

@@ -11,11 +11,9 @@ Large columns travel as base64 typed arrays (coordinates float32, label codes in
 flags as a uint32 bit mask, scores float32), so a 1M-row report stays usable: about
 8 bytes per row per numeric column, plus the ids and paths as JSON strings.
 
-Thumbnails (optional, need Pillow) are made at report time into ``thumbs/<row>.jpg`` beside
-the report, at most ``max_thumbnails`` of at most ``thumb_size`` pixels, flagged rows first
-(worst first, taking turns across issue types). A sample's path is resolved against
-``image_root`` (default: the store's folder; the working directory for in-memory stores) and
-only read when it resolves, symlinks followed, to a regular file inside ``image_root``.
+What the page shows of each check is what the check declared (:mod:`tamis.checks.views`,
+stored in ``summary.json -> report``): a gallery per issue type and summary panels, drawn by
+kind; nothing here or in ``report.js`` names a check. Thumbnails: :mod:`.thumbnails`.
 """
 
 from __future__ import annotations
@@ -26,10 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import stat
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,22 +35,20 @@ import pyarrow.compute as pc
 from .._version import __version__
 from ..engine.projection import coords_by_row
 from ..errors import ConfigError, InputError
-from ..io.atomic import atomic_path, default_dir_mode, write_text
+from ..io.atomic import output_folder, write_text
+from ..io.labels import encode
 from .model import Report
+from .thumbnails import image_root as resolve_image_root
+from .thumbnails import make_thumbnails
 
 log = logging.getLogger("tamis")
 
 #: nearest neighbours listed per sample in the side panel
 MAX_NEIGHBORS = 10
-#: leak pairs embedded (most similar first)
+#: rows of a pair gallery embedded (largest value first)
 MAX_PAIRS = 50_000
-#: paths tried per thumbnail wanted (plus 1000) before giving up: a wrong image root costs no full pass
-MAX_ATTEMPTS_PER_THUMBNAIL = 5
-#: images larger than this are not opened for thumbnails
-MAX_IMAGE_BYTES = 64 << 20
-THUMBS_DIR = "thumbs"
-#: the label-error check's suggested label, under the names it has had (the first present is shown)
-SUGGESTED_LABEL_COLUMNS = ("suggested_label", "label_error_suggested_label")
+#: rows of a table panel embedded
+MAX_TABLE_ROWS = 1000
 
 
 def write_html_report(report: Report, out_dir: str | os.PathLike, *, coords: Any = None, neighbors: Any = None,
@@ -79,17 +71,14 @@ def write_html_report(report: Report, out_dir: str | os.PathLike, *, coords: Any
         raise ConfigError(f"max_thumbnails={max_thumbnails!r}; give an integer >= 0")
     if not isinstance(thumb_size, (int, np.integer)) or not 16 <= thumb_size <= 512:
         raise ConfigError(f"thumb_size={thumb_size!r}; give an integer between 16 and 512 (pixels)")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: the output path is a file; give a folder for the report")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     n = report.samples.num_rows
     if coords is None and "projection" in report.tables:
         coords = coords_by_row(report.tables["projection"], n)
     xy = _coords(coords, n)
     nn = _neighbors(neighbors, n)
-    root = _image_root(report, image_root)
-    thumbs, thumbs_note = _make_thumbnails(report, out, root, max_thumbnails, thumb_size)
+    root = resolve_image_root(report, image_root)
+    thumbs, thumbs_note = make_thumbnails(report, out, root, max_thumbnails, thumb_size)
     payload = _payload(report, xy, coords, nn, thumbs, thumbs_note)
     html = render(payload)
     path = out / "report.html"
@@ -159,17 +148,10 @@ def _neighbors(neighbors: Any, n: int) -> np.ndarray | None:
     return a
 
 
-def _encode(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
-    """(codes, names): codes index the distinct values in sorted order; -1 for nulls."""
-    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.cast(arr.type.value_type)
-    if pa.types.is_null(arr.type):
-        return np.full(len(arr), -1, dtype=np.int32), []
-    uniq = pc.unique(pc.drop_null(arr))
-    uniq = uniq.take(pc.array_sort_indices(uniq))
-    codes = pc.index_in(arr, value_set=uniq).fill_null(-1)
-    return np.asarray(codes, dtype=np.int32), [_text(v) for v in uniq.to_pylist()]
+def _codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
+    """The one label encoder's codes (int32 for the page) and the names as text."""
+    codes, names = encode(values)
+    return codes.astype(np.int32), [_text(v) for v in names]
 
 
 def _text(v: Any) -> str:
@@ -209,27 +191,18 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _issue_types(report: Report) -> list[str]:
-    cols = set(report.samples.column_names)
-    named = [c for c in report.summary.get("checks_run", []) if f"is_{c}_issue" in cols]
-    extra = [c[3:-6] for c in report.samples.column_names
-             if c.startswith("is_") and c.endswith("_issue") and c[3:-6] not in named]
-    return named + extra
-
-
 def _payload(report: Report, xy: np.ndarray | None, coords: Any, nn: np.ndarray | None,
              thumbs: list[int], thumbs_note: str | None) -> dict:
     s = report.samples
     n = s.num_rows
-    issues = _issue_types(report)
+    issues = report.issue_types
     if len(issues) > 32:
         raise RuntimeError(f"the HTML report packs issue flags in 32 bits; this report has {len(issues)} types")
     mask = np.zeros(n, dtype=np.uint32)
     for bit, name in enumerate(issues):
-        flags = np.asarray(s[f"is_{name}_issue"].fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        mask |= flags.astype(np.uint32) << np.uint32(bit)
-    labels, label_names = _encode(_column(s, "label"))
-    splits, split_names = _encode(_column(s, "split"))
+        mask |= report.flags(name).astype(np.uint32) << np.uint32(bit)
+    labels, label_names = _codes(_column(s, "label"))
+    splits, split_names = _codes(_column(s, "split"))
     ids = _strings(s["id"]) if "id" in s.column_names else [str(r) for r in range(n)]
     cols: dict[str, Any] = {
         "id": ids,
@@ -239,18 +212,9 @@ def _payload(report: Report, xy: np.ndarray | None, coords: Any, nn: np.ndarray 
         "flags": _b64(mask),
         "scores": {c[:-6]: _b64(_floats(s[c])) for c in s.column_names if c.endswith("_score")},
     }
-    suggested = next((c for c in SUGGESTED_LABEL_COLUMNS if c in s.column_names), None)
-    if suggested is not None:
-        sug = _strings(s[suggested])
-        index = {name: i for i, name in enumerate(label_names)}
-        for v in sug:
-            if v is not None and v not in index:
-                index[v] = len(label_names)
-                label_names.append(v)
-        cols["suggested"] = _b64(np.array([-1 if v is None else index[v] for v in sug], dtype=np.int32))
+    declared, panels = report.views()
+    galleries = {name: _gallery(report, declared.get(name) or {"kind": "samples"}) for name in issues}
     summary = report.summary
-    nd = summary.get("checks", {}).get("near_duplicate", {})
-    hist = nd.get("histogram")
     proj = summary.get("projection") or {}
     meta = {
         "source": str(summary.get("store", {}).get("source", "")),
@@ -279,212 +243,129 @@ def _payload(report: Report, xy: np.ndarray | None, coords: Any, nn: np.ndarray 
         "labels": label_names,
         "splits": split_names,
         "columns": cols,
+        "fields": _fields(s, [g for g in galleries.values()]),
         "coords": _b64(xy) if xy is not None else None,
         "neighbors": {"k": int(nn.shape[1]), "rows": _b64(nn)} if nn is not None and nn.shape[1] else None,
         "thumbs": thumbs,
         "exclusions": np.asarray(report.exclusions["row"].to_numpy(zero_copy_only=False), dtype=np.int64).tolist(),
-        "histogram": {"edges": hist["edges"], "counts": hist["counts"], "threshold": nd.get("threshold")}
-        if hist else None,
-        "class_counts": _class_counts(report.tables.get("class_counts")),
-        "groups": _groups(report.tables.get("groups")),
-        "conflicts": _conflicts(report.tables.get("conflicts")),
-        "pairs": _pairs(report.tables.get("pairs")),
+        "panels": [p for p in (_panel(report, spec) for spec in panels) if p is not None],
+        "galleries": galleries,
     }
     return _jsonable(payload)
 
 
-def _class_counts(table: pa.Table | None) -> list[dict] | None:
-    if table is None:
+# ---------------------------------------------------------------------- declared views
+def _where(table: pa.Table, where: Any) -> pa.Table | None:
+    """``table`` filtered to rows whose column ``where[0]`` equals ``where[1]``; None when it lacks the column."""
+    if not where:
+        return table
+    column, value = where
+    if column not in table.column_names:
         return None
-    rows = table.select([c for c in ("label", "split", "count", "fraction", "is_rare") if c in table.column_names])
-    return [{k: (_text(v) if k in ("label", "split") and v is not None else v) for k, v in r.items()}
-            for r in rows.to_pylist()]
+    return table.filter(pc.fill_null(pc.equal(table[column], pa.scalar(value)), False))
 
 
-def _groups(table: pa.Table | None) -> dict | None:
-    if table is None or table.num_rows == 0:
+def _ints(table: pa.Table, name: str, dtype: Any, default: int = 0) -> str:
+    if name not in table.column_names:
+        return _b64(np.full(table.num_rows, default, dtype=dtype))
+    values = table[name]
+    filler = False if pa.types.is_boolean(values.type) else default
+    return _b64(np.asarray(values.fill_null(filler).to_numpy(zero_copy_only=False)).astype(dtype))
+
+
+def _gallery(report: Report, spec: dict) -> dict:
+    """The data a gallery of ``spec``'s kind needs; a gallery whose table is missing is a sample list."""
+    kind = spec.get("kind")
+    table = report.tables.get(spec.get("table") or "")
+    if kind in ("groups", "pairs") and table is not None:
+        table = _where(table, spec.get("where"))
+    if kind == "groups" and table is not None and table.num_rows and \
+            {"group_id", "row"} <= set(table.column_names):
+        out = {**spec, "group_id": _ints(table, "group_id", np.int32), "row": _ints(table, "row", np.int32),
+               "keep": _ints(table, "keep", np.uint8), "facts": _facts(report, spec)}
+        return out
+    if kind == "pairs" and table is not None and table.num_rows and \
+            {"row_a", "row_b", spec.get("value")} <= set(table.column_names):
+        value = _floats(table[spec["value"]])
+        order = np.lexsort((np.asarray(table["row_a"]), -value))[:MAX_PAIRS]
+        return {**spec, "row_a": _b64(np.asarray(table["row_a"], dtype=np.int32)[order]),
+                "row_b": _b64(np.asarray(table["row_b"], dtype=np.int32)[order]),
+                "values": _b64(value[order]), "n_total": table.num_rows}
+    fields = spec.get("fields") if kind == "samples" else ([spec["field"]] if spec.get("field") else [])
+    return {"kind": "samples", "fields": fields or [], "score_caption": spec.get("score_caption", "score")}
+
+
+def _facts(report: Report, spec: dict) -> dict | None:
+    """group id -> ``[[caption, text], ...]`` from the ``facts`` table's declared columns."""
+    table = report.tables.get(spec.get("facts") or "")
+    if table is None or "group_id" not in table.column_names:
         return None
-    kind = table["kind"].to_pylist() if "kind" in table.column_names else ["near"] * table.num_rows
-
-    def col(name: str, dtype: Any) -> str:
-        if name not in table.column_names:
-            return _b64(np.zeros(table.num_rows, dtype=dtype))
-        values = table[name]
-        return _b64(np.asarray(values.fill_null(False if pa.types.is_boolean(values.type) else 0)
-                               .to_numpy(zero_copy_only=False)).astype(dtype))
-
-    return {"group_id": col("group_id", np.int32), "row": col("row", np.int32),
-            "exact": _b64(np.array([k == "exact" for k in kind], dtype=np.uint8)),
-            "keep": col("keep", np.uint8), "conflicting": col("conflicting", np.uint8)}
-
-
-def _conflicts(table: pa.Table | None) -> list[dict] | None:
-    if table is None or table.num_rows == 0:
-        return None
-    out = []
-    for r in table.to_pylist():
-        counts = r.get("label_counts")
-        try:
-            parsed = json.loads(counts) if isinstance(counts, str) else {}
-        except ValueError:
-            parsed = {}
-        out.append({"group_id": r.get("group_id"), "size": r.get("size"), "n_labels": r.get("n_labels"),
-                    "majority_label": r.get("majority_label"), "entropy_bits": r.get("entropy_bits"),
-                    "label_counts": [[str(k), v] for k, v in parsed.items()]})
+    columns = [c for c in spec.get("fact_columns") or [] if c[0] in table.column_names]
+    out = {}
+    for row in table.select(["group_id"] + [c[0] for c in columns]).to_pylist():
+        out[str(row["group_id"])] = [[caption, _fact(row[column], fmt)] for column, caption, fmt in columns
+                                     if row[column] is not None]
     return out
 
 
-def _pairs(table: pa.Table | None) -> dict | None:
-    if table is None or table.num_rows == 0 or "cross_split" not in table.column_names:
+def _fact(value: Any, fmt: str) -> str:
+    if fmt == "counts":
+        try:
+            parsed = json.loads(value) if isinstance(value, str) else dict(value)
+        except (TypeError, ValueError):
+            return _text(value)
+        return ", ".join(f"{k} \u00d7{v}" for k, v in parsed.items())
+    if fmt == "number" and isinstance(value, float):
+        return f"{value:.4g}"
+    return _text(value)
+
+
+def _fields(samples: pa.Table, galleries: list[dict]) -> dict:
+    """Every per-sample column a gallery shows (label and split travel as codes already): its
+    caption, codes into ``names`` and the names, for the cards and the side panel."""
+    out: dict[str, dict] = {}
+    for gallery in galleries:
+        for field in gallery.get("fields") or []:
+            column = field["column"]
+            if column in out or column in ("label", "split") or column not in samples.column_names:
+                continue
+            codes, names = _codes(samples[column])
+            out[column] = {"caption": field["caption"], "codes": _b64(codes), "names": names}
+    return out
+
+
+def _panel(report: Report, spec: dict) -> dict | None:
+    """The data of one declared panel, or None when the report lacks it (a check that did not run)."""
+    kind = spec.get("kind")
+    if kind == "histogram":
+        summary = report.summary.get("checks", {}).get(spec.get("check"), {})
+        hist = summary.get(spec.get("key"))
+        if not hist or not hist.get("counts"):
+            return None
+        marker = summary.get(spec["marker"]) if spec.get("marker") else None
+        return {**spec, "edges": hist["edges"], "counts": hist["counts"], "marker_value": marker}
+    table = report.tables.get(spec.get("table") or "")
+    if table is None:
         return None
-    cross = table.filter(table["cross_split"].fill_null(False))
-    if cross.num_rows == 0:
-        return None
-    sim = np.asarray(cross["similarity"].to_numpy(zero_copy_only=False), dtype=np.float32)
-    order = np.lexsort((np.asarray(cross["row_a"]), -sim))[:MAX_PAIRS]
-    return {"row_a": _b64(np.asarray(cross["row_a"], dtype=np.int32)[order]),
-            "row_b": _b64(np.asarray(cross["row_b"], dtype=np.int32)[order]),
-            "similarity": _b64(sim[order]), "n_total": cross.num_rows}
+    if kind == "crosstab":
+        wanted = [c for c in (spec["row"], spec["column"], spec["value"], spec.get("share"), spec.get("mark"))
+                  if c and c in table.column_names]
+        rows = [{k: (_text(v) if k in (spec["row"], spec["column"]) and v is not None else v) for k, v in r.items()}
+                for r in table.select(wanted).to_pylist()]
+        return {**spec, "rows": rows}
+    if kind == "table":
+        columns = [c for c in (spec.get("columns") or table.column_names) if c in table.column_names]
+        head = table.select(columns).slice(0, min(MAX_TABLE_ROWS, spec.get("max_rows") or MAX_TABLE_ROWS))
+        return {**spec, "columns": columns, "rows": [[_cell(v) for v in r.values()] for r in head.to_pylist()],
+                "n_total": table.num_rows}
+    return None
 
 
-# ---------------------------------------------------------------------- thumbnails
-def _image_root(report: Report, image_root: str | os.PathLike | None) -> Path | None:
-    if image_root is not None:
-        root = Path(image_root)
-        if not root.is_dir():
-            raise ConfigError(f"image_root {str(root)!r} is not a folder; give the folder the samples' paths "
-                              "are relative to (--image-root DIR)")
-        return root.resolve()
-    source = str(report.summary.get("store", {}).get("source", "memory"))
-    if source == "memory":
-        return Path.cwd().resolve()
-    src = Path(source)
-    folder = src if src.is_dir() else src.parent
-    return folder.resolve() if folder.is_dir() else None
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, (int, bool)) or value is None:
+        return value
+    return _text(value)
 
-
-def resolve_inside(root: Path, path: str | None) -> Path | None:
-    """The file ``path`` names, relative to ``root``, or None when it is not a regular file inside
-    ``root`` (after following symlinks), is too big, or does not exist. ``root`` must be resolved."""
-    if not path or "\x00" in path:
-        return None
-    candidate = Path(path)
-    if not candidate.is_absolute():
-        candidate = root / candidate
-    try:
-        real = candidate.resolve(strict=True)
-    except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
-        return None
-    if not real.is_relative_to(root):
-        return None
-    try:
-        st = os.stat(real)
-    except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_IMAGE_BYTES:
-        return None
-    return real
-
-
-def _thumbnail_order(report: Report) -> list[int]:
-    """Rows that get a thumbnail first: each issue type's flagged rows worst first, taking turns
-    across types (duplicate groups member by member), then every other row in input order."""
-    s = report.samples
-    queues = []
-    for name in _issue_types(report):
-        flags = np.asarray(s[f"is_{name}_issue"].fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        rows = np.flatnonzero(flags)
-        if f"{name}_score" in s.column_names:
-            score = np.nan_to_num(_floats(s[f"{name}_score"])[rows], nan=2.0)
-            rows = rows[np.lexsort((rows, score))]
-        queues.append(rows.tolist())
-    order, seen = [], set()
-    longest = max((len(q) for q in queues), default=0)
-    for i in range(longest):
-        for q in queues:
-            if i < len(q) and q[i] not in seen:
-                seen.add(q[i])
-                order.append(q[i])
-    order.extend(r for r in range(s.num_rows) if r not in seen)
-    return order
-
-
-def _make_thumbnails(report: Report, out: Path, root: Path | None, limit: int,
-                     size: int) -> tuple[list[int], str | None]:
-    """Thumbnails into ``out/thumbs`` (replacing an older set); the rows that got one, and a note."""
-    if limit == 0 or "path" not in report.samples.column_names or \
-            report.samples["path"].null_count == report.samples.num_rows:
-        return [], None
-    if root is None:
-        return [], "no thumbnails: the store's folder was not found (give --image-root)"
-    try:
-        from PIL import Image
-    except ImportError:
-        return [], "no thumbnails: Pillow is not installed (pip install pillow)"
-    paths = report.samples["path"].to_pylist()
-    order = _thumbnail_order(report)[:MAX_ATTEMPTS_PER_THUMBNAIL * limit + 1000]
-    stage = Path(tempfile.mkdtemp(prefix=".thumbs-", dir=out))
-    os.chmod(stage, default_dir_mode())  # mkdtemp makes 0700; thumbs/ is served with report.html
-    made: list[int] = []
-    try:
-        def one(row: int) -> int | None:
-            real = resolve_inside(root, paths[row])
-            if real is None:
-                return None
-            return row if _thumbnail(Image, real, stage / f"{row}.jpg", size) else None
-
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            pos = 0
-            while len(made) < limit and pos < len(order):  # rounds, so unreadable files do not eat the quota
-                want = limit - len(made)
-                batch = [r for r in order[pos:pos + want] if paths[r]]
-                pos += want
-                made.extend(r for r in pool.map(one, batch) if r is not None)
-        made.sort()
-        if made:
-            _swap_dir(stage, out / THUMBS_DIR)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    note = None if made else (f"no thumbnails: none of the first {len(order):,} paths is a readable image "
-                              f"inside {root} (give --image-root)")
-    return made, note
-
-
-def _thumbnail(image_module: Any, src: Path, dst: Path, size: int) -> bool:
-    """Write a JPEG of at most size x size pixels of ``src`` to ``dst``; False when ``src`` is no
-    image Pillow can read (corrupt, truncated, a decompression bomb, not an image)."""
-    try:
-        with open(src, "rb") as fh, image_module.open(fh) as img:
-            img.draft("RGB", (size * 2, size * 2))
-            img.thumbnail((size, size))
-            if img.mode in ("RGBA", "LA", "P"):
-                img = img.convert("RGBA")
-                canvas = image_module.new("RGB", img.size, (255, 255, 255))
-                canvas.paste(img, mask=img.getchannel("A"))
-                img = canvas
-            elif img.mode != "RGB":
-                img = img.convert("RGB")
-            with atomic_path(dst) as tmp:
-                img.save(tmp, format="JPEG", quality=85)
-        return True
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files; no image is the answer
-        log.debug("no thumbnail for %s: %s", src, exc)
-        return False
-
-
-def _swap_dir(new: Path, target: Path) -> None:
-    """Put folder ``new`` at ``target``, replacing what was there."""
-    old = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".{target.name}-old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-
-
-__all__ = ["write_html_report", "render", "resolve_inside"]
+__all__ = ["write_html_report", "render"]

@@ -1,68 +1,64 @@
-"""The result of a scan and the files it is saved as.
+"""The result of a scan, as data: the Report knows nothing of the files, pages and plots it becomes.
 
-Files (the public contract, pinned in ``tests/test_outputs.py``):
-
-- ``samples.parquet``: one row per input row, in input order: ``row``, ``id``, ``path``,
-  ``label``, ``split``, then for every check that ran ``is_<check>_issue`` and
-  ``<check>_score`` (plus any extra columns a check adds);
-- ``summary.json``: counts per issue type, checks run and skipped, config, versions,
-  device, timings;
-- ``exclude.txt``: one path per line (the id where there is no path): what the keep
-  policy drops, for a training job to filter on; ``exclude.parquet``: ``row``, ``id``,
-  ``path``, ``reason``, ``score``;
-- ``<table>.parquet``: each table a check reports (e.g. ``class_counts.parquet``);
-- ``knn.npz``: the neighbour graph, when a check built one (indices are input rows).
-
-:meth:`Report.save` writes every file under a temporary name first and renames it into
-place, ``summary.json`` last, so a folder holding a ``summary.json`` holds a whole report.
+The views take a Report: :func:`tamis.report.folder.write_report` writes the folder
+(:mod:`tamis.report.folder` lists the files), :func:`tamis.report.html.write_html_report`
+the page, :func:`tamis.report.plots.write_plots` the PNG plots;
+:func:`tamis.report.folder.read_report` reads a folder back into a Report.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..errors import InputError
-from ..io.atomic import default_dir_mode, write_json, write_parquet, write_text
-
-FIXED_FILES = ("samples.parquet", "exclude.parquet", "exclude.txt", "summary.json")
-
 
 
 @dataclass
 class Report:
-    """Tables and summary of one scan; ``save(dir)`` writes them."""
+    """Tables and summary of one scan.
+
+    samples : one row per input row (``row``, ``id``, ``path``, ``label``, ``split``, then per
+        check ``is_<check>_issue``, ``<check>_score`` and its extra columns)
+    summary : what ``summary.json`` holds (counts, checks run and skipped, config, versions,
+        timings, and under ``report`` what each check shows: :mod:`tamis.checks.views`)
+    exclusions : ``row``, ``id``, ``path``, ``reason``, ``score`` of every row the keep policies drop
+    tables : the tables checks reported, by name
+    knn : the run's neighbour graph in input rows, ``(rows, indices, similarities)``, or None
+    """
 
     samples: pa.Table
     summary: dict
     exclusions: pa.Table
     tables: dict[str, pa.Table] = field(default_factory=dict)
-    #: the run's neighbour graph in input rows: (rows, indices, similarities), or None
     knn: tuple | None = None
 
-    # ------------------------------------------------------------------ reading
     @property
     def issue_types(self) -> list[str]:
-        return list(self.summary.get("checks_run", []))
+        """The checks whose ``is_<check>_issue`` column the samples hold, in the order they ran."""
+        cols = set(self.samples.column_names)
+        named = [c for c in self.summary.get("checks_run", []) if f"is_{c}_issue" in cols]
+        extra = [c[3:-6] for c in self.samples.column_names
+                 if c.startswith("is_") and c.endswith("_issue") and c[3:-6] not in named]
+        return named + extra
 
     def counts(self) -> dict[str, int]:
         """Flagged rows per issue type."""
         return dict(self.summary.get("issues", {}))
 
-    def issues(self, name: str) -> pa.Table:
-        """The samples flagged with issue ``name``, worst (lowest score) first."""
+    def flags(self, name: str) -> np.ndarray:
+        """(N,) bool: the rows flagged with issue ``name``."""
         col = f"is_{name}_issue"
         if col not in self.samples.column_names:
             raise InputError(f"issue type {name!r} is not in this report; it has: {', '.join(self.issue_types)}")
-        flagged = self.samples.filter(self.samples[col])
+        return np.asarray(self.samples[col].fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def issues(self, name: str) -> pa.Table:
+        """The samples flagged with issue ``name``, worst (lowest score) first."""
+        flagged = self.samples.filter(pa.array(self.flags(name)))
         return flagged.sort_by([(f"{name}_score", "ascending"), ("row", "ascending")])
 
     def exclude_list(self) -> list[str]:
@@ -71,61 +67,8 @@ class Report:
         ids = self.exclusions["id"].cast(pa.string())
         return pc.if_else(pc.is_null(paths), ids, paths).to_pylist()
 
-    # ------------------------------------------------------------------ writing
-    def save(self, out: str | os.PathLike, *, html: bool = True, plots: bool = False,
-             image_root: str | os.PathLike | None = None) -> Path:
-        """Write the report into folder ``out`` (created if needed); return its path.
-
-        ``html`` writes ``report.html`` (thumbnails of images under ``image_root``, default
-        the store's folder, go to ``thumbs/``); ``plots`` writes PNG plots (needs matplotlib).
-        """
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"{out}: the output path is a file; give a folder for the report (--out DIR)")
-        out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".tamis-staging-", dir=out))
-        os.chmod(stage, default_dir_mode())  # mkdtemp makes 0700
-        try:
-            write_parquet(stage / "samples.parquet", self.samples)
-            write_parquet(stage / "exclude.parquet", self.exclusions)
-            lines = self.exclude_list()
-            write_text(stage / "exclude.txt", "".join(f"{line}\n" for line in lines))
-            names = []
-            for name, table in self.tables.items():
-                write_parquet(stage / f"{name}.parquet", table)
-                names.append(f"{name}.parquet")
-            if self.knn is not None:
-                from ..io.knn_file import KNN_FILE, save_knn
-
-                rows, indices, sims = self.knn
-                save_knn(stage / KNN_FILE, indices, sims, rows=rows)
-                names.append(KNN_FILE)
-            extra = []
-            if html:
-                from .html import write_html_report
-
-                write_html_report(self, stage, coords=self.coordinates(), neighbors=self.neighbour_rows(),
-                                  image_root=self._image_root(image_root))
-                extra = [p.name for p in stage.iterdir() if p.name in ("report.html", "thumbs")]
-            if plots:
-                from .plots import write_plots
-
-                extra += [p.name for p in write_plots(self, stage, coords=self.coordinates())]
-            names += sorted(extra)
-            summary = dict(self.summary, files=list(FIXED_FILES) + names)
-            write_json(stage / "summary.json", summary)
-            for name in [*FIXED_FILES[:-1], *names, "summary.json"]:  # summary.json last: the commit mark
-                if (stage / name).is_dir():
-                    shutil.rmtree(out / name, ignore_errors=True)
-                os.replace(stage / name, out / name)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
-        return out
-
-    def coordinates(self) -> "np.ndarray | None":
+    def coordinates(self) -> np.ndarray | None:
         """(N, 2 or 3) map coordinates from the samples' projection columns (NaN where none)."""
-        import numpy as np
-
         names = self.samples.column_names
         for method in ("umap", "tsne", "pca"):
             axes = [f"{method}_{a}" for a in "xyz" if f"{method}_{a}" in names]
@@ -134,10 +77,8 @@ class Report:
                                         for a in axes])
         return None
 
-    def neighbour_rows(self) -> "np.ndarray | None":
+    def neighbour_rows(self) -> np.ndarray | None:
         """(N, k) nearest input rows of each input row from ``knn`` (-1 = none)."""
-        import numpy as np
-
         if self.knn is None:
             return None
         rows, indices, _ = self.knn
@@ -145,30 +86,15 @@ class Report:
         out[rows] = indices
         return out
 
-    def _image_root(self, given: str | os.PathLike | None) -> Path:
-        if given is not None:
-            return Path(given)
-        source = Path(str(self.summary.get("store", {}).get("source", "")))
-        return source.parent if source.name and source.exists() else Path.cwd()
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Report":
-        """Read a report that :meth:`save` wrote."""
-        folder = Path(folder)
-        summary_path = folder / "summary.json"
-        if not summary_path.is_file():
-            raise InputError(f"{folder}: no summary.json here; is this a folder written by tamis scan?")
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        tables = {Path(name).stem: pq.read_table(folder / name) for name in summary.get("files", [])
-                  if name.endswith(".parquet") and name not in FIXED_FILES}
-        knn = None
-        if "knn.npz" in summary.get("files", []):
-            from ..io.knn_file import load_knn_rows
-
-            knn = load_knn_rows(folder / "knn.npz")
-        return cls(samples=pq.read_table(folder / "samples.parquet"), summary=summary,
-                   exclusions=pq.read_table(folder / "exclude.parquet"), tables=tables, knn=knn)
+    def views(self) -> tuple[dict[str, dict], list[dict]]:
+        """``(galleries, panels)`` the checks declared (``summary.json -> report``): a gallery per
+        issue type, and the panels in check order, each with its ``check``."""
+        declared = self.summary.get("report") or {}
+        return dict(declared.get("galleries") or {}), list(declared.get("panels") or [])
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.counts().items())
         return f"Report(n_rows={self.samples.num_rows}, {counts})"
+
+
+__all__ = ["Report"]

@@ -3,8 +3,10 @@
 :func:`write_plots` writes, into ``out_dir``, each plot the report has data for:
 
 - ``projection.png``: the map, coloured by label, rows flagged by any check outlined in black;
-- ``class_distribution.png``: rows per class and split (the 30 largest classes);
-- ``similarity_histogram.png``: near-duplicate pairs per similarity bin, threshold marked.
+- one PNG per panel a check declared (:mod:`tamis.checks.views`) that can be drawn: a
+  :class:`~tamis.checks.views.Crosstab` as grouped bars (the 30 largest rows), a
+  :class:`~tamis.checks.views.Histogram` as bars with its marker; named
+  ``<check>_<table or key>.png`` (e.g. ``class_imbalance_class_counts.png``).
 
 matplotlib is imported when the function runs and drawn through its Agg canvas directly
 (no pyplot, so the caller's matplotlib backend and global state are left alone). Files are
@@ -14,19 +16,20 @@ written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from ..engine.projection import coords_by_row
 from ..errors import ConfigError, InputError
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, output_folder
+from ..io.labels import encode
 from .model import Report
 
-#: classes drawn in the class distribution (the largest)
-MAX_CLASSES = 30
+#: rows of a crosstab drawn (the largest)
+MAX_BARS = 30
 #: points drawn in the projection; beyond it a deterministic random subset, said in the title
 MAX_POINTS = 500_000
 
@@ -44,14 +47,15 @@ def write_plots(report: Report, out_dir: str | os.PathLike, coords: Any = None) 
     except ImportError as exc:
         raise ConfigError(f"plots need the optional package 'matplotlib' ({exc}); install it with: "
                           "pip install matplotlib") from exc
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: the output path is a file; give a folder for the plots")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
+    plots = [("projection.png", lambda fig: _projection(fig, report, coords))]
+    for panel in report.views()[1]:
+        draw = DRAW.get(panel.get("kind"))
+        if draw is not None:
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{panel['check']}_{panel.get('table') or panel.get('key')}")
+            plots.append((f"{name}.png", lambda fig, panel=panel, draw=draw: draw(fig, report, panel)))
     written = []
-    for name, draw in (("projection.png", lambda fig: _projection(fig, report, coords)),
-                       ("class_distribution.png", lambda fig: _classes(fig, report)),
-                       ("similarity_histogram.png", lambda fig: _histogram(fig, report))):
+    for name, draw in plots:
         fig = Figure(figsize=(8, 6), dpi=120)
         FigureCanvasAgg(fig)
         if not draw(fig):
@@ -71,15 +75,6 @@ def _plain(value: Any, limit: int = 30) -> str:
     return text.replace("$", r"\$")
 
 
-def _codes(values: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    arr = values.combine_chunks()
-    if pa.types.is_null(arr.type):
-        return np.full(len(arr), -1), []
-    enc = arr.dictionary_encode()
-    codes = np.asarray(enc.indices.fill_null(-1), dtype=np.int64)
-    return codes, [str(v) for v in enc.dictionary.to_pylist()]
-
-
 def _projection(fig: Any, report: Report, coords: Any) -> bool:
     if coords is None and "projection" in report.tables:
         coords = coords_by_row(report.tables["projection"], report.samples.num_rows)
@@ -96,11 +91,10 @@ def _projection(fig: Any, report: Report, coords: Any) -> bool:
     if len(rows) > MAX_POINTS:
         rows = np.sort(np.random.default_rng(0).choice(rows, MAX_POINTS, replace=False))
         note = f" ({MAX_POINTS:,} of {n:,} points drawn)"
-    codes, names = _codes(report.samples["label"])
+    codes, names = encode(report.samples["label"])
     flagged = np.zeros(n, dtype=bool)
-    for col in report.samples.column_names:
-        if col.startswith("is_") and col.endswith("_issue"):
-            flagged |= np.asarray(report.samples[col].fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    for name in report.issue_types:
+        flagged |= report.flags(name)
     ax = fig.add_subplot()
     size = 6 if len(rows) <= 10_000 else 1.5 if len(rows) <= 100_000 else 0.3
     c = codes[rows]
@@ -119,16 +113,22 @@ def _projection(fig: Any, report: Report, coords: Any) -> bool:
     return True
 
 
-def _classes(fig: Any, report: Report) -> bool:
-    table = report.tables.get("class_counts")
+def _crosstab(fig: Any, report: Report, panel: dict) -> bool:
+    """Grouped bars: ``value`` per ``row`` (the largest whole-store rows), one bar per ``column`` value."""
+    table = report.tables.get(panel["table"])
     if table is None or table.num_rows == 0:
         return False
+    row_key, col_key, value = panel["row"], panel["column"], panel["value"]
     rows = table.to_pylist()
-    whole = {r["label"]: r["count"] for r in rows if r.get("split") is None}
-    labels = sorted(whole, key=lambda k: (-whole[k], str(k)))[:MAX_CLASSES]
-    splits = sorted({r["split"] for r in rows if r.get("split") is not None}, key=str)
+    whole = {r[row_key]: r[value] for r in rows if r.get(col_key) is None}
+    if not whole:
+        whole = {}
+        for r in rows:
+            whole[r[row_key]] = whole.get(r[row_key], 0) + r[value]
+    labels = sorted(whole, key=lambda k: (-whole[k], str(k)))[:MAX_BARS]
+    splits = sorted({r[col_key] for r in rows if r.get(col_key) is not None}, key=str)
     series = splits or [None]
-    counts = {(r["label"], r.get("split")): r["count"] for r in rows}
+    counts = {(r[row_key], r.get(col_key)): r[value] for r in rows}
     ax = fig.add_subplot()
     x = np.arange(len(labels))
     width = 0.8 / len(series)
@@ -139,17 +139,18 @@ def _classes(fig: Any, report: Report) -> bool:
     names = [_plain(lab) for lab in labels]
     tilt = len(labels) > 8 or max(len(t) for t in names) > 10
     ax.set_xticklabels(names, rotation=45 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
-    ax.set_ylabel("rows")
-    more = f" (largest {MAX_CLASSES} of {len(whole)})" if len(whole) > MAX_CLASSES else ""
-    ax.set_title(f"Rows per class and split{more}")
+    ax.set_ylabel(_plain(value))
+    more = f" (largest {MAX_BARS} of {len(whole)})" if len(whole) > MAX_BARS else ""
+    ax.set_title(_plain(panel["title"], 80) + more)
     if splits:
         ax.legend(fontsize=8)
     return True
 
 
-def _histogram(fig: Any, report: Report) -> bool:
-    nd = report.summary.get("checks", {}).get("near_duplicate", {})
-    hist = nd.get("histogram")
+def _histogram(fig: Any, report: Report, panel: dict) -> bool:
+    """Bars of ``summary[key]`` (edges, counts), counts on a symlog scale, the marker as a dashed line."""
+    summary = report.summary.get("checks", {}).get(panel["check"], {})
+    hist = summary.get(panel["key"])
     if not hist or not hist.get("counts"):
         return False
     edges = np.asarray(hist["edges"], dtype=np.float64)
@@ -158,14 +159,18 @@ def _histogram(fig: Any, report: Report) -> bool:
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#2f6fdf", edgecolor="white", linewidth=0.3)
     if counts.max() > 0:
         ax.set_yscale("symlog", linthresh=1)
-    threshold = nd.get("threshold")
-    if threshold is not None:
-        ax.axvline(threshold, color="#c8372d", linestyle="--", label=f"threshold {threshold:g}")
+    marker = summary.get(panel["marker"]) if panel.get("marker") else None
+    if marker is not None:
+        ax.axvline(marker, color="#c8372d", linestyle="--", label=f"{_plain(panel['marker'])} {marker:g}")
         ax.legend(fontsize=8)
-    ax.set_xlabel("cosine similarity")
-    ax.set_ylabel("pairs")
-    ax.set_title("Near-duplicate pairs per similarity")
+    ax.set_xlabel(_plain(panel["x_label"], 80))
+    ax.set_ylabel(_plain(panel["y_label"], 80))
+    ax.set_title(_plain(panel["title"], 80))
     return True
+
+
+#: how each panel kind is drawn; kinds not here (tables) have no plot
+DRAW = {"crosstab": _crosstab, "histogram": _histogram}
 
 
 __all__ = ["write_plots"]

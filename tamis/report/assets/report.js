@@ -28,7 +28,12 @@
   const labelCode = i32(C.label);
   const splitCode = i32(C.split);
   const flags = u32(C.flags);
-  const suggested = C.suggested ? i32(C.suggested) : null;
+  // per-sample columns the checks' galleries show (label and split are C.label / C.split)
+  const FIELDS = {};
+  for (const col of Object.keys(D.fields || {})) {
+    const f = D.fields[col];
+    FIELDS[col] = { caption: f.caption, codes: i32(f.codes), names: f.names };
+  }
   const LABELS = D.labels;
   const SPLITS = D.splits;
   const ISSUES = D.issue_types;
@@ -43,6 +48,13 @@
   const labelOf = (r) => (labelCode[r] >= 0 ? LABELS[labelCode[r]] : "(no label)");
   const splitOf = (r) => (splitCode[r] >= 0 ? SPLITS[splitCode[r]] : "");
   const idOf = (r) => (ids[r] == null ? String(r) : ids[r]);
+  // the value of a declared field for row r, or null
+  function fieldOf(column, r) {
+    if (column === "label") return labelCode[r] >= 0 ? LABELS[labelCode[r]] : null;
+    if (column === "split") return splitCode[r] >= 0 ? SPLITS[splitCode[r]] : null;
+    const f = FIELDS[column];
+    return f && f.codes[r] >= 0 ? f.names[f.codes[r]] : null;
+  }
   const bitOf = (name) => (1 << ISSUES.indexOf(name)) >>> 0;
   const fmt = (x, d) => (x == null || Number.isNaN(x) ? "—" : Number(x).toFixed(d));
   const fmtInt = (x) => Number(x).toLocaleString("en-US");
@@ -179,66 +191,81 @@
     return card;
   }
 
-  function classCard() {
-    const card = h("div", null, h("h2", { text: "Classes per split" }));
-    const cc = D.class_counts;
-    if (!cc || !cc.length) { card.append(h("p", { class: "muted", text: "No labels in this store." })); return card; }
-    const splitNames = [];
-    for (const r of cc) if (!splitNames.includes(r.split)) splitNames.push(r.split);
-    splitNames.sort((a, b) => (a == null ? -1 : b == null ? 1 : String(a).localeCompare(String(b))));
-    const byLabel = new Map();
+  // ------------------------------------------------------------------ declared panels
+  const panelId = (p) => "panel-" + p.check + "-" + (p.table || p.key);
+
+  function crosstabCard(p) {
+    const card = h("div", null, h("h2", { text: p.title }));
+    const cc = p.rows;
+    if (!cc.length) { card.append(h("p", { class: "muted", text: "No rows." })); return card; }
+    const colNames = [];
+    for (const r of cc) if (!colNames.includes(r[p.column])) colNames.push(r[p.column]);
+    colNames.sort((a, b) => (a == null ? -1 : b == null ? 1 : String(a).localeCompare(String(b))));
+    const byRow = new Map();
     for (const r of cc) {
-      if (!byLabel.has(r.label)) byLabel.set(r.label, {});
-      byLabel.get(r.label)[r.split == null ? "" : "s:" + r.split] = r;
+      if (!byRow.has(r[p.row])) byRow.set(r[p.row], {});
+      byRow.get(r[p.row])[r[p.column] == null ? "" : "s:" + r[p.column]] = r;
     }
-    const whole = (l) => { const c = byLabel.get(l)[""] || {}; return c.count || 0; };
-    const labels = Array.from(byLabel.keys()).sort((a, b) => whole(b) - whole(a));
-    const headRow = h("tr", null, h("th", { text: "label" }));
-    for (const s of splitNames) headRow.append(h("th", { class: "num", text: s == null ? "all" : s }));
+    const whole = (l) => { const cells = byRow.get(l); const c = cells[""]; if (c) return c[p.value] || 0;
+      let t = 0; for (const k of Object.keys(cells)) t += cells[k][p.value] || 0; return t; };
+    const rowKeys = Array.from(byRow.keys()).sort((a, b) => whole(b) - whole(a));
+    const headRow = h("tr", null, h("th", { text: p.row }));
+    for (const s of colNames) headRow.append(h("th", { class: "num", text: s == null ? "all" : s }));
     const tbody = h("tbody");
-    const table = h("table", { class: "data", id: "class-counts" }, h("thead", null, headRow), tbody);
+    const table = h("table", { class: "data crosstab", id: panelId(p) }, h("thead", null, headRow), tbody);
     let shown = 0;
     const more = h("button", { type: "button", class: "more" });
     function next() {
-      const end = Math.min(labels.length, shown + 50);
+      const end = Math.min(rowKeys.length, shown + 50);
       for (; shown < end; shown++) {
-        const l = labels[shown];
-        const rowCells = byLabel.get(l);
+        const l = rowKeys[shown];
+        const cells = byRow.get(l);
         const tr = h("tr", null, h("td", { text: l == null ? "(null)" : l }));
-        for (const s of splitNames) {
-          const c = rowCells[s == null ? "" : "s:" + s];
+        for (const s of colNames) {
+          const c = cells[s == null ? "" : "s:" + s];
           const td = h("td", { class: "num" });
           if (c) {
-            td.append(fmtInt(c.count) + " (" + (100 * (c.fraction || 0)).toFixed(1) + "%)");
-            if (c.is_rare) { td.classList.add("rare"); td.title = "rare class"; }
+            td.append(fmtInt(c[p.value]) + (p.share ? " (" + (100 * (c[p.share] || 0)).toFixed(1) + "%)" : ""));
+            if (p.mark && c[p.mark]) { td.classList.add("rare"); td.title = p.mark; }
           }
           tr.append(td);
         }
         tbody.append(tr);
       }
-      more.textContent = "Show all " + fmtInt(labels.length) + " classes";
-      more.style.display = shown < labels.length ? "" : "none";
+      more.textContent = "Show all " + fmtInt(rowKeys.length) + " rows";
+      more.style.display = shown < rowKeys.length ? "" : "none";
     }
-    more.addEventListener("click", () => { while (shown < labels.length) next(); });
+    more.addEventListener("click", () => { while (shown < rowKeys.length) next(); });
     next();
     card.append(h("div", { class: "scroll" }, table), more);
     return card;
   }
 
-  function histogramCard() {
-    const card = h("div", null, h("h2", { text: "Near-duplicate similarity" }));
-    const hist = D.histogram;
-    if (!hist || !hist.counts.length) {
-      card.append(h("p", { class: "muted", text: "No near-duplicate search in this report." }));
-      return card;
-    }
-    const canvas = h("canvas", { class: "hist", id: "similarity-histogram" });
-    card.append(canvas, h("p", { class: "note", text: "Pairs per cosine-similarity bin (log scale); red line: the threshold (" +
-      fmt(hist.threshold, 3) + "). Pairs at or above it are near duplicates." }));
-    const draw = () => drawHistogram(canvas, hist);
-    new ResizeObserver(draw).observe(canvas);
+  function histogramCard(p) {
+    const card = h("div", null, h("h2", { text: p.title }));
+    const canvas = h("canvas", { class: "hist", id: panelId(p) });
+    card.append(canvas, h("p", { class: "note", text: p.note + (p.marker_value != null ? " (" + p.marker + " " + fmt(p.marker_value, 3) + ")" : "") }));
+    const hist = { edges: p.edges, counts: p.counts, threshold: p.marker_value, label: p.marker };
+    new ResizeObserver(() => drawHistogram(canvas, hist)).observe(canvas);
     return card;
   }
+
+  function tableCard(p) {
+    const card = h("div", null, h("h2", { text: p.title }));
+    const headRow = h("tr");
+    for (const c of p.columns) headRow.append(h("th", { text: c }));
+    const tbody = h("tbody");
+    for (const row of p.rows) {
+      const tr = h("tr");
+      row.forEach((v) => tr.append(h("td", { class: typeof v === "number" ? "num" : null, text: v == null ? "\u2014" : String(v) })));
+      tbody.append(tr);
+    }
+    card.append(h("div", { class: "scroll" }, h("table", { class: "data", id: panelId(p) }, h("thead", null, headRow), tbody)));
+    if (p.n_total > p.rows.length) card.append(h("p", { class: "note", text: "The first " + fmtInt(p.rows.length) + " of " + fmtInt(p.n_total) + " rows." }));
+    return card;
+  }
+
+  const PANELS = { crosstab: crosstabCard, histogram: histogramCard, table: tableCard };
 
   function drawHistogram(canvas, hist) {
     const dpr = window.devicePixelRatio || 1;
@@ -271,11 +298,13 @@
       const xt = X(hist.threshold);
       g.strokeStyle = "#c8372d"; g.setLineDash([4, 3]); g.beginPath(); g.moveTo(xt, T); g.lineTo(xt, hh - B); g.stroke(); g.setLineDash([]);
       g.fillStyle = "#c8372d"; g.textAlign = xt > w / 2 ? "right" : "left";
-      g.fillText("threshold " + fmt(hist.threshold, 3), xt + (xt > w / 2 ? -4 : 4), T + 10);
+      g.fillText((hist.label || "") + " " + fmt(hist.threshold, 3), xt + (xt > w / 2 ? -4 : 4), T + 10);
     }
   }
 
-  main.append(h("section", { id: "summary" }, h("div", { class: "grid" }, issuesCard(), classCard(), histogramCard())));
+  const summaryGrid = h("div", { class: "grid" }, issuesCard());
+  for (const p of D.panels) if (PANELS[p.kind]) summaryGrid.append(PANELS[p.kind](p));
+  main.append(h("section", { id: "summary" }, summaryGrid));
 
   // ------------------------------------------------------------------ scatter
   const MAX_DRAW = 3000000;          // more visible points than this: draw a regular subset, and say so
@@ -569,7 +598,10 @@
     field("id", idOf(r), "id");
     field("path", paths[r] == null ? "\u2014" : paths[r], "path");
     field("label", labelOf(r), "label");
-    if (suggested && suggested[r] >= 0) field("suggested label", LABELS[suggested[r]], "suggested");
+    for (const col of Object.keys(FIELDS)) {
+      const v = fieldOf(col, r);
+      if (v != null) field(FIELDS[col].caption, v, col);
+    }
     if (SPLITS.length) field("split", splitOf(r) || "\u2014", "split");
     if (!(coords && coords[2 * r] === coords[2 * r])) field("map", "no point (no usable embedding or no projection)", "map");
     kids.push(dl);
@@ -650,98 +682,67 @@
     pane.append(cards, p.more);
     p.next();
   }
-  const scoreLine = (name) => (r) => [sub("score " + fmt(scores[name] ? scores[name][r] : NaN, 3))];
 
-  let GROUPS = null;
-  function groups() {
-    if (GROUPS || !D.groups) return GROUPS;
-    const gid = i32(D.groups.group_id), row = i32(D.groups.row), keep = bytes(D.groups.keep);
-    const exact = bytes(D.groups.exact), conf = bytes(D.groups.conflicting);
-    GROUPS = new Map();
-    for (let i = 0; i < gid.length; i++) {
-      let g = GROUPS.get(gid[i]);
-      if (!g) { g = { id: gid[i], rows: [], keep: [], exact: true, conflicting: !!conf[i] }; GROUPS.set(gid[i], g); }
-      g.rows.push(row[i]); g.keep.push(!!keep[i]); g.exact = g.exact && !!exact[i];
-    }
-    return GROUPS;
+  // ------------------------------------------------------------------ declared galleries
+  const scoreLine = (spec, name) => (r) => [sub((spec.score_caption || "score") + " " + fmt(scores[name] ? scores[name][r] : NaN, 3))];
+  const fieldLines = (fields, r) => (fields || []).map((f) => sub(f.caption + ": " + (fieldOf(f.column, r) == null ? "\u2014" : fieldOf(f.column, r))))
+    .filter((x, i) => fields[i].column !== "split" || SPLITS.length);
+
+  function samplesGallery(spec, name, pane) {
+    sampleList(name, pane, (r) => fieldLines(spec.fields, r).concat(scoreLine(spec, name)(r)));
   }
-  const groupScore = (name, g) => Math.min(...g.rows.map((r) => scoreKey(name, r)));
 
-  function groupGallery(name, pane, onlyExact) {
-    const all = groups();
-    if (!all) { sampleList(name, pane, scoreLine(name)); return; }
-    const list = Array.from(all.values()).filter((g) => !onlyExact || g.exact);
-    if (!list.length) { sampleList(name, pane, scoreLine(name)); return; }
-    list.sort((a, b) => groupScore(name, a) - groupScore(name, b) || a.id - b.id);
-    pane.append(h("p", { class: "note", text: fmtInt(list.length) + " groups; \u201cExclude copies\u201d excludes every member but the one tamis keeps." }));
+  function groupsGallery(spec, name, pane) {
+    const gid = i32(spec.group_id), row = i32(spec.row), keep = bytes(spec.keep);
+    const all = new Map();
+    for (let i = 0; i < gid.length; i++) {
+      let g = all.get(gid[i]);
+      if (!g) { g = { id: gid[i], rows: [], keep: [] }; all.set(gid[i], g); }
+      g.rows.push(row[i]); g.keep.push(!!keep[i]);
+    }
+    const groupScore = (g) => Math.min(...g.rows.map((r) => scoreKey(name, r)));
+    const list = Array.from(all.values());
+    list.sort((a, b) => groupScore(a) - groupScore(b) || a.id - b.id);
+    const facts = spec.facts || {};
+    pane.append(h("p", { class: "note", text: fmtInt(list.length) + " groups" + (spec.exclude === "copies" ?
+      "; \u201cExclude copies\u201d excludes every member but the one tamis keeps." : ".") }));
     const box = h("div");
     const p = paged(box, list, (g) => {
       const copies = g.rows.filter((r, i) => !g.keep[i]);
-      const head = h("div", { class: "group-head" },
-        h("strong", { text: "Group " + g.id }), h("span", { text: g.rows.length + " rows \u00b7 " + (g.exact ? "exact copies" : "near copies") }),
-        g.conflicting ? h("span", { class: "rare", text: "labels differ" }) : null,
-        excludeButton(copies.length ? copies : g.rows, "Exclude copies"));
+      const targets = spec.exclude === "copies" && copies.length ? copies : g.rows.slice();
+      const head = h("div", { class: "group-head" }, h("strong", { text: "Group " + g.id }),
+        h("span", { text: g.rows.length + " rows" }));
+      for (const [caption, text] of facts[String(g.id)] || []) head.append(h("span", { class: "muted", text: caption + ": " + text }));
+      head.append(excludeButton(targets, spec.exclude === "copies" ? "Exclude copies" : "Exclude group"));
       const cards = h("div", { class: "cards" });
-      g.rows.forEach((r, i) => cards.append(card(r, g.keep[i] ? [sub("kept", "kept")] : [sub("score " + fmt(scores[name] ? scores[name][r] : NaN, 3))])));
+      g.rows.forEach((r, i) => cards.append(card(r, spec.exclude === "copies" && g.keep[i] ? [sub("kept", "kept")] : scoreLine(spec, name)(r))));
       return h("div", { class: "group", "data-group": String(g.id) }, head, cards);
     }, 40);
     pane.append(box, p.more);
     p.next();
   }
 
-  function conflictGallery(name, pane) {
-    const all = groups();
-    if (!D.conflicts || !all) { sampleList(name, pane, scoreLine(name)); return; }
-    const list = D.conflicts.filter((c) => all.has(c.group_id));
-    list.sort((a, b) => groupScore(name, all.get(a.group_id)) - groupScore(name, all.get(b.group_id)) ||
-      (b.entropy_bits || 0) - (a.entropy_bits || 0) || a.group_id - b.group_id);
-    const box = h("div");
-    const p = paged(box, list, (c) => {
-      const g = all.get(c.group_id);
-      const counts = c.label_counts.map(([l, k]) => l + " \u00d7" + k).join(", ");
-      const head = h("div", { class: "group-head" }, h("strong", { text: "Group " + c.group_id }),
-        h("span", { text: g.rows.length + " rows \u00b7 labels: " + counts }),
-        c.majority_label != null ? h("span", { class: "muted", text: "majority: " + c.majority_label }) : null,
-        excludeButton(g.rows.slice(), "Exclude group"));
-      const cards = h("div", { class: "cards" });
-      for (const r of g.rows) cards.append(card(r, [sub("own-label share " + fmt(scores[name] ? scores[name][r] : NaN, 2))]));
-      return h("div", { class: "group", "data-group": String(c.group_id) }, head, cards);
-    }, 40);
-    pane.append(box, p.more);
-    p.next();
-  }
-
-  function leakGallery(name, pane) {
-    if (!D.pairs) { sampleList(name, pane, scoreLine(name)); return; }
-    const a = i32(D.pairs.row_a), b = i32(D.pairs.row_b), sim = f32(D.pairs.similarity);
+  function pairsGallery(spec, name, pane) {
+    const a = i32(spec.row_a), b = i32(spec.row_b), val = f32(spec.values);
     const idx = Array.from({ length: a.length }, (_, i) => i);
-    if (D.pairs.n_total > a.length) pane.append(h("p", { class: "note", text: "The " + fmtInt(a.length) + " most similar of " + fmtInt(D.pairs.n_total) + " cross-split pairs." }));
+    if (spec.n_total > a.length) pane.append(h("p", { class: "note", text: "The " + fmtInt(a.length) + " largest of " + fmtInt(spec.n_total) + " pairs." }));
     const bit = ISSUES.includes(name) ? bitOf(name) : 0;
     const box = h("div");
     const p = paged(box, idx, (i) => {
       const pair = [a[i], b[i]];
-      const leaked = pair.filter((r) => flags[r] & bit);
-      const head = h("div", { class: "group-head" }, h("strong", { text: "similarity " + fmt(sim[i], 4) }),
-        h("span", { text: splitOf(a[i]) + " \u2194 " + splitOf(b[i]) }),
-        excludeButton(leaked.length ? leaked : pair, "Exclude leaked copy"));
+      const flagged = pair.filter((r) => flags[r] & bit);
+      const head = h("div", { class: "group-head" }, h("strong", { text: spec.value + " " + fmt(val[i], 4) }));
+      if (spec.field) head.append(h("span", { text: (fieldOf(spec.field.column, a[i]) || "\u2014") + " \u2194 " + (fieldOf(spec.field.column, b[i]) || "\u2014") }));
+      head.append(excludeButton(flagged.length ? flagged : pair, "Exclude flagged"));
       const cards = h("div", { class: "cards" });
-      for (const r of pair) cards.append(card(r, [sub("split " + splitOf(r))]));
+      for (const r of pair) cards.append(card(r, spec.field ? fieldLines([spec.field], r) : []));
       return h("div", { class: "group" }, head, cards);
     }, 40);
     pane.append(box, p.more);
     p.next();
   }
 
-  const GALLERY = {
-    near_duplicate: (name, pane) => groupGallery(name, pane, false),
-    exact_duplicate: (name, pane) => groupGallery(name, pane, true),
-    conflicting_labels: conflictGallery,
-    leakage: leakGallery,
-    label_error: (name, pane) => sampleList(name, pane, (r) => [
-      sub("given: " + labelOf(r)),
-      sub("suggested: " + (suggested && suggested[r] >= 0 ? LABELS[suggested[r]] : "\u2014"), "sub"),
-      sub("score " + fmt(scores[name] ? scores[name][r] : NaN, 3))]),
-  };
+  const GALLERIES = { samples: samplesGallery, groups: groupsGallery, pairs: pairsGallery };
 
   const panes = {};
   function openTab(name) {
@@ -751,7 +752,8 @@
       const pane = h("div", { class: "pane", "data-issue": name });
       panes[name] = pane;
       body.append(pane);
-      (GALLERY[name] || ((n, p) => sampleList(n, p, (r) => scoreLine(n)(r).concat(SPLITS.length ? [sub("split " + splitOf(r))] : []))))(name, pane);
+      const spec = D.galleries[name] || { kind: "samples", fields: [] };
+      (GALLERIES[spec.kind] || samplesGallery)(spec, name, pane);
       refreshSelection();
     }
   }
