@@ -39,7 +39,7 @@ def test_auto_logs_its_choice(caplog):
 def test_gpu_backend_is_cupy():
     backend = resolve_backend("gpu")
     assert backend.xp.__name__ == "cupy"
-    assert backend.to_host(backend.asarray([1.0, 2.0])).tolist() == [1.0, 2.0]
+    assert backend.to_host(backend.xp.asarray([1.0, 2.0])).tolist() == [1.0, 2.0]
 
 
 def test_import_tamis_imports_no_gpu_package():

@@ -287,11 +287,12 @@ def test_embedded_data_round_trips(scanned, tmp_path):
 def test_map_stored_in_the_report_is_used(scanned, tmp_path):
     from dataclasses import replace
 
-    from tamis.engine.projection import projection_table
+    import pyarrow as pa
 
-    n = scanned["n"]
-    report = replace(scanned["report"], tables={**scanned["report"].tables,
-                                                "projection": projection_table(np.arange(n), scanned["coords"])})
+    samples = scanned["report"].samples
+    for axis, name in enumerate("xy"):
+        samples = samples.append_column(f"pca_{name}", pa.array(scanned["coords"][:, axis].astype(np.float64)))
+    report = replace(scanned["report"], samples=samples)
     html = write_html_report(report, tmp_path).read_text(encoding="utf-8")
     data = json.loads(re.search(r'id="tamis-data">(.*?)</script>', html, re.S).group(1))
     assert data["coords"] is not None and data["meta"]["projection"]["dims"] == 2

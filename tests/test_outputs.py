@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import tamis
-from tamis import Report
 
 CONTRACT_COLUMNS = ["row", "id", "path", "label", "split"]
 

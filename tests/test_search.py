@@ -113,7 +113,7 @@ def assert_pairs_subset(got, want):
 
 
 def on(device, X):
-    return resolve_backend(device).asarray(X)
+    return resolve_backend(device).xp.asarray(X)
 
 
 @pytest.fixture(scope="module")

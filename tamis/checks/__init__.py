@@ -34,10 +34,6 @@ REGISTRY: dict[str, type[Check]] = {cls.name: cls for cls in (
 )}
 
 
-def check_names() -> list[str]:
-    return list(REGISTRY)
-
-
 def make_checks(names: list[str] | None = None, params: dict[str, dict] | None = None) -> list[Check]:
     """Instances of the named checks (all when ``names`` is None), in registry order.
 
@@ -60,4 +56,4 @@ def make_checks(names: list[str] | None = None, params: dict[str, dict] | None =
     return checks
 
 
-__all__ = ["Check", "CheckResult", "REGISTRY", "check_names", "make_checks"]
+__all__ = ["Check", "CheckResult", "REGISTRY", "make_checks"]

@@ -46,10 +46,6 @@ class Backend:
         """True on the CuPy backend. For run set-up and reporting, never for check logic."""
         return self.name == "gpu"
 
-    def asarray(self, a: Any, dtype: Any = None) -> Any:
-        """``a`` as an array of this backend (copies host data to the device on GPU)."""
-        return self.xp.asarray(a, dtype=dtype)
-
     def to_host(self, a: Any) -> np.ndarray:
         """``a`` as a NumPy array (copies device data to the host on GPU)."""
         return to_host(a)
@@ -58,11 +54,6 @@ class Backend:
         """Wait for queued device work (a no-op on CPU); used around timings."""
         if self.is_gpu:
             self.xp.cuda.Stream.null.synchronize()
-
-    def free_memory(self) -> None:
-        """Return cached device blocks to the driver (a no-op on CPU)."""
-        if self.is_gpu:
-            self.xp.get_default_memory_pool().free_all_blocks()
 
 
 def to_host(a: Any) -> np.ndarray:

@@ -17,8 +17,7 @@ More than ``max_fit`` rows: the method is fitted on a deterministic random sampl
 A method whose package is missing raises :class:`~tamis.errors.ConfigError` with the pip
 command that installs it.
 
-:func:`projection_table` stores a map in a report (table ``projection``: ``row``, ``x``,
-``y``, ``z``); :func:`coords_by_row` reads it back as one row per input row, NaN where none.
+The scan stores a map as the samples' ``<method>_x``, ``_y`` (and ``_z``) columns.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from .._optional import has_module
 from ..config import PROJECTIONS
@@ -126,31 +124,6 @@ def project_or_fallback(embeddings: Any, *, method: str = "umap", **kwargs: Any)
     return coords, info
 
 
-def projection_table(rows: np.ndarray, coords: np.ndarray) -> pa.Table:
-    """The map as a report table: ``row`` (input position), ``x``, ``y`` (and ``z`` in 3-D)."""
-    coords = np.asarray(coords, dtype=np.float32)
-    cols = {"row": pa.array(np.asarray(rows, dtype=np.int64))}
-    for j, axis in enumerate("xyz"[:coords.shape[1]]):
-        cols[axis] = pa.array(coords[:, j])
-    return pa.table(cols)
-
-
-def coords_by_row(table: pa.Table, n: int) -> np.ndarray:
-    """(n, 2 or 3) float32 coordinates over all input rows from :func:`projection_table`'s
-    table; NaN for rows without a point."""
-    axes = [a for a in "xyz" if a in table.column_names]
-    if "row" not in table.column_names or len(axes) < 2:
-        raise InputError(f"a projection table needs columns row, x, y (and z); it has {table.column_names}")
-    rows = np.asarray(table["row"].to_numpy(zero_copy_only=False), dtype=np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= n):
-        raise InputError(f"the projection table names rows outside 0..{n - 1}")
-    out = np.full((n, len(axes)), np.nan, dtype=np.float32)
-    for j, axis in enumerate(axes):
-        out[rows, j] = np.asarray(table[axis].to_numpy(zero_copy_only=False), dtype=np.float32)
-    return out
-
-
-# ---------------------------------------------------------------------- checks and helpers
 def _validate(embeddings: Any, method: str, dims: int, knn: tuple | None, max_fit: int) -> None:
     if method not in METHODS:
         raise ConfigError(f"projection method {method!r} is not known; use one of: {', '.join(METHODS)}")
@@ -309,4 +282,4 @@ def _umap_cuml(embeddings: Any, dims: int, max_fit: int, seed: int, xp: ModuleTy
     return out
 
 
-__all__ = ["project", "project_or_fallback", "projection_table", "coords_by_row", "METHODS"]
+__all__ = ["project", "project_or_fallback", "METHODS"]

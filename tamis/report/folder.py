@@ -27,7 +27,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from ..errors import InputError
-from ..io.atomic import move_into_place, output_folder, staged_folder, write_json, write_parquet, write_text
+from ..io.atomic import (
+    move_into_place,
+    output_folder,
+    staged_folder,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from ..io.knn_file import KNN_FILE, load_knn_rows, save_knn
 from .html import write_html_report
 from .model import Report
@@ -58,11 +65,10 @@ def write_report(report: Report, out: str | os.PathLike, *, html: bool = True, p
             names.append(KNN_FILE)
         extra = []
         if html:
-            write_html_report(report, stage, coords=report.coordinates(), neighbors=report.neighbour_rows(),
-                              image_root=image_root)
+            write_html_report(report, stage, image_root=image_root)
             extra = [p.name for p in stage.iterdir() if p.name in ("report.html", "thumbs")]
         if plots:
-            extra += [p.name for p in write_plots(report, stage, coords=report.coordinates())]
+            extra += [p.name for p in write_plots(report, stage)]
         names += sorted(extra)
         write_json(stage / "summary.json", dict(report.summary, files=list(FIXED_FILES) + names))
         for name in [*FIXED_FILES[:-1], *names, "summary.json"]:  # summary.json last: the commit mark

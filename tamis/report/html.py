@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._version import __version__
-from ..engine.projection import coords_by_row
 from ..errors import ConfigError, InputError
 from ..io.atomic import output_folder, write_text
 from ..io.labels import encode
@@ -61,9 +60,10 @@ def write_html_report(report: Report, out_dir: str | os.PathLike, *, coords: Any
     report : the scan's :class:`~tamis.report.model.Report`.
     out_dir : folder of the report (created if needed).
     coords : optional (N, 2 or 3) array of map coordinates, one row per input row, NaN where a
-        row has none (an invalid embedding); the first two axes are drawn. Default: the report's
-        ``projection`` table, when it has one.
+        row has none (an invalid embedding); the first two axes are drawn. Default: the map the
+        scan stored in the samples (``<method>_x``, ``_y``), when it made one.
     neighbors : optional (N, k) int array: each input row's nearest input rows, -1 = none.
+        Default: the report's neighbour graph, when a check built one.
     image_root : folder the samples' paths are resolved against and confined to.
     max_thumbnails, thumb_size : bounds on the thumbnails made (0 thumbnails: none).
     """
@@ -73,8 +73,8 @@ def write_html_report(report: Report, out_dir: str | os.PathLike, *, coords: Any
         raise ConfigError(f"thumb_size={thumb_size!r}; give an integer between 16 and 512 (pixels)")
     out = output_folder(out_dir)
     n = report.samples.num_rows
-    if coords is None and "projection" in report.tables:
-        coords = coords_by_row(report.tables["projection"], n)
+    coords = report.coordinates() if coords is None else coords
+    neighbors = report.neighbour_rows() if neighbors is None else neighbors
     xy = _coords(coords, n)
     nn = _neighbors(neighbors, n)
     root = resolve_image_root(report, image_root)

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.projection import coords_by_row
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path, output_folder
 from ..io.labels import encode
@@ -38,7 +37,7 @@ def write_plots(report: Report, out_dir: str | os.PathLike, coords: Any = None) 
     """Write the PNG plots the report has data for into ``out_dir``; return their paths.
 
     ``coords``: optional (N, 2 or 3) map coordinates, one row per input row, NaN where none;
-    default: the report's ``projection`` table, when it has one.
+    default: the map the scan stored in the samples, when it made one.
     Raises :class:`~tamis.errors.ConfigError` when matplotlib is not installed.
     """
     try:
@@ -76,8 +75,7 @@ def _plain(value: Any, limit: int = 30) -> str:
 
 
 def _projection(fig: Any, report: Report, coords: Any) -> bool:
-    if coords is None and "projection" in report.tables:
-        coords = coords_by_row(report.tables["projection"], report.samples.num_rows)
+    coords = report.coordinates() if coords is None else coords
     if coords is None:
         return False
     xy = np.asarray(getattr(coords, "get", lambda: coords)(), dtype=np.float32)
