@@ -15,6 +15,7 @@ allowed, when work starts.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -52,8 +53,8 @@ class Interval:
             return False
         if self.kind is int and not isinstance(value, numbers.Integral):
             return False
-        if not isinstance(value, numbers.Real):
-            return False
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return False    # NaN compares false with every bound; inf (and 1e400) is no setting
         if self.low is not None:
             if value < self.low or (value == self.low and self.closed in ("right", "neither")):
                 return False
@@ -67,7 +68,7 @@ class Interval:
         right = "]" if self.closed in ("both", "right") else ")"
         low = "-inf" if self.low is None else self.low
         high = "inf" if self.high is None else self.high
-        text = f"{'an integer' if self.kind is int else 'a number'} in {left}{low}, {high}{right}"
+        text = f"{'an integer' if self.kind is int else 'a finite number'} in {left}{low}, {high}{right}"
         return text + " (or None)" if self.none_ok else text
 
 

@@ -113,7 +113,7 @@ def test_config_errors_name_the_parameter(small_columns):
         tamis.scan(small_columns, device="tpu")
     with pytest.raises(ConfigError, match="unknown check 'dupes'.*class_imbalance"):
         tamis.scan(small_columns, checks=["dupes"])
-    with pytest.raises(ConfigError, match=r"min_fraction=1.5 is not a number in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"min_fraction=1.5 is not a finite number in \(0, 1\)"):
         tamis.scan(small_columns, device="cpu", params={"class_imbalance": {"min_fraction": 1.5}})
     with pytest.raises(ConfigError, match="unknown parameter 'k'"):
         tamis.scan(small_columns, device="cpu", params={"class_imbalance": {"k": 3}})

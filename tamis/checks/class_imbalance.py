@@ -63,7 +63,7 @@ class ClassImbalance(Check):
             summary["splits"] = split_summary
             rows.extend(split_rows)
         table = pa.table({
-            "label": pa.array([plain(r[0]) for r in rows]),
+            "label": pa.array([plain(r[0]) for r in rows], type=ctx.label_type),
             "split": pa.array([r[1] for r in rows], type=pa.string()),
             "count": pa.array([r[2] for r in rows], type=pa.int64()),
             "fraction": pa.array([r[3] for r in rows], type=pa.float64()),

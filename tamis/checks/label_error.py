@@ -96,7 +96,7 @@ class LabelError(Check):
         flags = ctx.to_rows(issues, fill=False, dtype=bool)
         scores = ctx.to_rows(np.clip(self_conf, 0.0, 1.0), fill=np.nan, dtype=np.float64)
         suggested_rows = ctx.to_rows(suggested, fill=-1, dtype=np.int64)
-        label_values = pa.array(names)
+        label_values = pa.array(names, type=ctx.label_type)
         suggested_col = label_values.take(pa.array(np.where(suggested_rows >= 0, suggested_rows, 0))).to_pylist()
         suggested_col = pa.array([v if s >= 0 else None for v, s in zip(suggested_col, suggested_rows)],
                                  type=label_values.type)

@@ -163,6 +163,12 @@ class RunContext:
         """The classes, sorted; with integer labels and pred_probs, 0..C-1 (pred_probs' columns)."""
         return self._labels()[1]
 
+    @property
+    def label_type(self) -> pa.DataType:
+        """The Arrow type of the labels: tables holding label values use it (a uint64 label >= 2**63
+        fits no int64)."""
+        return self._need("labels").type
+
     def _labels(self) -> tuple[np.ndarray, list]:
         def build() -> tuple[np.ndarray, list]:
             labels = self._need("labels")

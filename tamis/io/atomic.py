@@ -9,12 +9,15 @@ A reader never sees a half-written file, and a failed run leaves what was there 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 
 @contextmanager
@@ -100,7 +103,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """``data`` as strict JSON (RFC 8259: no NaN or Infinity, which ``JSON.parse`` and jq refuse);
+    a non-finite number is written as null."""
+    text = json.dumps(finite(data), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def finite(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf; NumPy's too) replaced by None, recursively."""
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    if isinstance(data, (float, np.floating)):
+        return float(data) if math.isfinite(data) else None
+    return data
 
 
 def write_parquet(path: str | os.PathLike, table: Any) -> None:

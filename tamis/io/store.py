@@ -89,6 +89,10 @@ class Store:
             value = getattr(self, name)
             if value is not None:
                 _check_no_nulls(value, self._col(name), self.source)
+        for name in ("paths", "ids"):   # the lines of exclude.txt: one value, one line
+            value = getattr(self, name)
+            if value is not None:
+                _check_one_line(value, self._col(name), self.source)
         if self.pred_probs is not None:
             self._validate_pred_probs()
         if self.quality is not None and not (pa.types.is_integer(self.quality.type)
@@ -137,6 +141,24 @@ def _check_no_nulls(array: pa.Array, col: str, source: str) -> None:
         first = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{source}: column {col!r} has {array.null_count} nulls (first at row {first}); "
                          "fill them or drop those rows before scanning")
+
+
+#: control characters and line separators (what ``str.splitlines`` splits on among them) that would
+#: split or hide a line of exclude.txt
+CONTROL_CHARACTERS = "[\\x00-\\x1f\\x7f\\x{85}\\x{2028}\\x{2029}]"
+
+
+def _check_one_line(array: pa.Array, col: str, source: str) -> None:
+    """Paths and ids become the lines of ``exclude.txt``: a control character (``\\n``, ``\\r``, ...)
+    would make one row two lines, and a training job would drop a file no check flagged."""
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return
+    bad = pc.match_substring_regex(array, CONTROL_CHARACTERS)
+    if pc.any(bad).as_py():
+        first = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{source}: column {col!r} holds a control character (e.g. a newline) at row {first} "
+                         f"({array[first].as_py()!r}); paths and ids are written one per line to exclude.txt, so "
+                         "they may not contain one: rename the file or fix the column before scanning")
 
 
 def _array_module(a: Any):
