@@ -1,9 +1,10 @@
 """Distributed scans on a local two-process Dask cluster give the single-process answers.
 
 The store is a few sharded Parquet files written here (3,000 rows, planted exact and near
-duplicates, invalid rows, labels, splits). A worker killed in the middle of the pair search
-is replaced and its task re-run (same answer); a task whose workers keep dying ends the scan
-with a ClusterError and no report.
+duplicates, invalid rows, labels, splits); the same data as an .npz archive, an .npy matrix
+and in a format a test adds to the reader registry scans the same way. A worker killed in
+the middle of the pair search is replaced and its task re-run (same answer); a task whose
+workers keep dying ends the scan with a ClusterError and no report.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import pytest
 
 import tamis
 from tamis.engine.executors.dask.blocked import DiskMatrix
-from tamis.engine.executors.dask.partitions import open_partitioned_store
+from tamis.io import readers
+from tamis.io.readers import open_partitioned
 from tamis.io.store import ColumnSpec
+
+from .test_reader_registry import TextReader
 
 N, D = 3000, 24
 SHARDS = [(0, 1100), (1100, 2300), (2300, N)]
@@ -124,6 +128,46 @@ def test_bucketed_engines_never_invent_a_pair(store, single, client):
     assert (report.knn[1] >= 0).all()
 
 
+@pytest.fixture(scope="module")
+def npz_store(tmp_path_factory) -> Path:
+    """The planted store as an .npz archive, embeddings in float64 (kept as float64 by both scans)."""
+    cols = _planted(seed=1)
+    path = tmp_path_factory.mktemp("npz") / "store.npz"
+    np.savez(path, embeddings=cols["embeddings"].astype(np.float64), labels=cols["labels"], split=cols["split"],
+             ids=cols["ids"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def npy_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("npy") / "store.npy"
+    np.save(path, _planted(seed=2)["embeddings"])
+    return path
+
+
+@pytest.mark.parametrize("which", ["npz_store", "npy_store"])
+def test_numpy_stores_give_the_single_process_answers(which, client, request):
+    path = request.getfixturevalue(which)
+    local = tamis.scan(path, device="cpu", engine="exact")
+    report = tamis.scan(path, client=client, partition_rows=700)        # 5 row ranges, the last 300 rows
+    _assert_same(local, report)
+    assert report.summary["distributed"]["n_partitions"] == 5
+    assert report.counts()["near_duplicate"] >= 80 and report.counts()["exact_duplicate"] >= 40
+
+
+def test_a_reader_added_to_the_registry_serves_a_dask_scan(tmp_path, client, monkeypatch):
+    monkeypatch.setattr(readers, "READERS", readers.READERS + (TextReader,))
+    emb = _planted(seed=3)["embeddings"][:600]
+    path = tmp_path / "store.txt"
+    np.savetxt(path, emb)
+    local = tamis.scan(path, device="cpu", engine="exact", checks=["invalid", "exact_duplicate", "near_duplicate",
+                                                                   "outlier"])
+    report = tamis.scan(path, client=client, partition_rows=250, checks=["invalid", "exact_duplicate",
+                                                                         "near_duplicate", "outlier"])
+    _assert_same(local, report)                   # the workers read with the test's reader, carried by the partitions
+    assert report.summary["distributed"]["n_partitions"] == 3
+
+
 def _killer(armed: Path, once: bool):
     """A worker plugin that SIGKILLs its worker process when a pair-search task starts there,
     while the file ``armed`` exists; ``once``: the first worker to delete it dies, no other."""
@@ -195,7 +239,7 @@ def test_cli_workers_writes_the_same_report(store, single, tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    report = tamis.Report.load(out)
+    report = tamis.read_report(out)
     for name in ("is_near_duplicate_issue", "is_exact_duplicate_issue", "is_leakage_issue"):
         assert report.samples[name].equals(single.samples[name]), name
     assert report.summary["distributed"]["started_local_cluster"] is True
@@ -207,11 +251,11 @@ def test_bad_distributed_options_are_config_errors(store, tmp_path):
         tamis.scan(store, workers=0)
     with pytest.raises(tamis.ConfigError, match="pass one"):
         tamis.scan(store, workers=2, scheduler="tcp://127.0.0.1:1")
-    with pytest.raises(tamis.ConfigError, match="Parquet store from a path"):
+    with pytest.raises(tamis.ConfigError, match="reads a store from a path the workers can read"):
         tamis.scan({"embeddings": np.eye(3, dtype=np.float32)}, workers=1)
-    np.savez(tmp_path / "s.npz", embeddings=np.eye(3, dtype=np.float32))
-    with pytest.raises(tamis.InputError, match="reads Parquet stores"):
-        tamis.scan(tmp_path / "s.npz", workers=1)
+    (tmp_path / "s.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(tamis.InputError, match=r"unknown store format '\.csv'; tamis reads .*\.npz"):
+        tamis.scan(tmp_path / "s.csv", workers=1)
     with pytest.raises(tamis.ConfigError, match=r"search parameters \['n_buckets'\] apply to single-process"):
         tamis.scan(store, workers=1, engine="ivf", search_params={"n_buckets": 4})
 
@@ -223,7 +267,7 @@ def test_faiss_is_refused_on_a_cluster(store, client):
 
 def test_partitioned_store_reads_the_same_rows(store):
     whole = tamis.load_store(store)
-    lazy, parts = open_partitioned_store(store, ColumnSpec(), partition_rows=250)
+    lazy, parts = open_partitioned(store, ColumnSpec(), partition_rows=250)
     assert [p.n_rows for p in parts] == [300, 300, 300, 200] + [300] * 4 + [300, 300, 100]
     assert lazy.n == whole.n and lazy.labels.equals(whole.labels) and lazy.ids.equals(whole.ids)
     emb, raw = lazy.embeddings, np.asarray(whole.embeddings)

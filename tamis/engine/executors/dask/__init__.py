@@ -1,14 +1,16 @@
-"""Distributed and out-of-core scans of Parquet stores on a Dask cluster.
+"""Distributed and out-of-core scans on a Dask cluster (the Dask executor).
 
 ``tamis.scan(store, client=...)`` (or ``workers=N``, ``scheduler=ADDRESS``; the CLI's
 ``--workers`` / ``--scheduler``) runs a scan whose heavy steps happen on Dask workers and
-whose client never holds the embedding matrix. The answers are those of a single-process
-scan with the same engines.
+whose client never holds the embedding matrix. The store is any format a reader of
+:mod:`tamis.io.readers` reads from a path every worker can read (each reader cuts it into row
+partitions: Parquet into whole row groups). The answers are those of a single-process scan
+with the same engines.
 
 What is distributed
     The two quadratic artefacts every duplicate- and neighbour-based check shares: the
     near-duplicate pair list (at the lowest threshold the checks ask for) and the kNN graph.
-    Tasks run over blocks of partitions (Parquet row groups with global row offsets); each
+    Tasks run over blocks of partitions (row ranges with global row offsets); each
     worker reads and normalises the partitions it needs itself (:mod:`.tasks`) and returns
     pairs or (rows, k) neighbour lists, which the client gathers into the run context under
     the keys the checks use. The engines are those of :mod:`tamis.engine.search`, with the
@@ -25,10 +27,10 @@ What stays on the client, in blocks
     hashing, class centroids, groups, label votes, the report. Client memory is O(N) for the
     per-row columns (labels, ids, the valid mask, scores: tens of bytes per row), the pair
     list (12 bytes per pair), the neighbour graph (12 k bytes per row) and what the checks
-    derive from it (label_error: O(N x classes)), plus one row group (``rows x d x 4`` bytes) and
+    derive from it (label_error: O(N x classes)), plus one partition (``rows x d x 4`` bytes) and
     64 MiB blocks; never O(N d). Measured on a 2-core machine (``bench/bench_out_of_core.py``,
     d=256): the duplicate-family checks take ~0.9 GB plus ~110 bytes per row (1.9 GB at 10M rows);
-    the linear passes run at ~50 us per row on one core (Parquet decoding included).
+    the linear passes ran at ~50 us per row on one core (Parquet decoding included).
 
 Nothing here imports Dask until a distributed scan starts (``pip install 'tamis[dask]'``).
 """

@@ -1,8 +1,9 @@
-"""Matrices that live outside the process and are read in blocks of rows.
+"""The client's normalised matrix as a local file, read and written in blocks of rows.
 
 A distributed or out-of-core scan never holds the whole embedding matrix in the client:
-the raw store stays in its Parquet partitions (:class:`tamis.engine.executors.dask.partitions.PartitionedMatrix`)
-and the normalised matrix goes to a local file (:class:`DiskMatrix`). Both look enough like a
+the raw store stays in its files, read by its reader's partitions
+(:class:`tamis.io.readers.lazy.PartitionedMatrix`), and the normalised matrix goes to a local
+file (:class:`DiskMatrix`, a :class:`~tamis.io.readers.lazy.BlockedMatrix`). Both look enough like a
 NumPy array for the client-side checks, which read them in blocks (``m[a:b]``) or gather a few
 rows (``m[rows]``): each access returns a fresh NumPy array of the rows asked for.
 
@@ -21,73 +22,7 @@ from typing import Any
 
 import numpy as np
 
-#: rows are read in runs of at most this many bytes when gathering scattered rows
-GATHER_BYTES = 64 << 20
-
-
-class BlockedMatrix:
-    """Read-only (N, d) matrix read by row blocks; subclasses implement :meth:`_read`."""
-
-    ndim = 2
-
-    def __init__(self, shape: tuple[int, int], dtype: Any):
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.dtype = np.dtype(dtype)
-
-    def _read(self, start: int, stop: int) -> np.ndarray:  # pragma: no cover - abstract
-        """Rows ``start:stop`` (0 <= start <= stop <= N) as a new (stop - start, d) array."""
-        raise NotImplementedError
-
-    @property
-    def nbytes(self) -> int:
-        return self.shape[0] * self.shape[1] * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self._read(0, self.shape[0])
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, tuple):
-            rows, cols = key[0], key[1:]
-            return self[rows][(slice(None), *cols)]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(self.shape[0])
-            if step == 1:
-                return self._read(start, max(start, stop))
-            return self._gather(np.arange(start, stop, step))
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + (self.shape[0] if key < 0 else 0)
-            if not 0 <= i < self.shape[0]:
-                raise IndexError(f"row {key} is out of range for {self.shape[0]} rows")
-            return self._read(i, i + 1)[0]
-        index = np.asarray(getattr(key, "get", lambda: key)())   # a CuPy index comes to the host
-        if index.dtype == bool:
-            index = np.flatnonzero(index)
-        return self._gather(index.astype(np.int64, copy=False).reshape(-1))
-
-    def _gather(self, index: np.ndarray) -> np.ndarray:
-        """Rows ``index`` (any order, repeats allowed), reading sorted runs of nearby rows."""
-        n, d = self.shape
-        if index.size and (index.min() < -n or index.max() >= n):
-            raise IndexError(f"row index out of range for {n} rows")
-        index = np.where(index < 0, index + n, index)
-        out = np.empty((len(index), d), dtype=self.dtype)
-        if not len(index):
-            return out
-        order = np.argsort(index, kind="stable")
-        wanted = index[order]
-        span = max(1, GATHER_BYTES // max(1, d * self.dtype.itemsize))
-        i = 0
-        while i < len(wanted):
-            first = int(wanted[i])
-            j = int(np.searchsorted(wanted, first + span, side="left"))
-            block = self._read(first, int(wanted[j - 1]) + 1)
-            out[order[i:j]] = block[wanted[i:j] - first]
-            i = j
-        return out
+from ....io.readers.lazy import BlockedMatrix
 
 
 class DiskMatrix(BlockedMatrix):

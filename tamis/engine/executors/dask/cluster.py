@@ -34,7 +34,7 @@ from ...search.exact import sort_pairs
 from ...search.registry import choose
 from .. import Executor
 from .blocked import DiskMatrix
-from .partitions import Partition, open_partitioned_store
+from .partitions import Partition, open_partitioned
 from .tasks import ReadSpec, drop_cache, knn_partition, pair_block
 
 log = logging.getLogger("tamis")
@@ -204,7 +204,7 @@ class Session:
 def open_session(source: Any, columns: ColumnSpec, *, client: Any = None, workers: int | None = None,
                  scheduler: str | None = None, device: str = "auto", precision: str = "float32",
                  partition_rows: int | None = None) -> Session:
-    """Connect to Dask and open ``source`` (a Parquet file or folder of shards) as partitions."""
+    """Connect to Dask and open ``source`` (a path in any format tamis reads) as partitions."""
     given = [name for name, v in (("client", client), ("workers", workers), ("scheduler", scheduler)) if v is not None]
     if len(given) > 1:
         raise ConfigError(f"{' and '.join(given)} were both given; pass one: a Dask client, a scheduler address, "
@@ -215,10 +215,11 @@ def open_session(source: Any, columns: ColumnSpec, *, client: Any = None, worker
                                        or partition_rows < 1):
         raise ConfigError(f"partition_rows={partition_rows!r} is not a positive integer; pass e.g. 262144")
     if not isinstance(source, (str, os.PathLike)):
-        raise ConfigError("a distributed scan reads a Parquet store from a path the workers can read; write the "
-                          "data with pyarrow.parquet.write_table first, or scan it without a cluster")
+        raise ConfigError("a distributed scan reads a store from a path the workers can read; save the data "
+                          "first (e.g. np.savez('store.npz', embeddings=..., labels=...)), or scan it without a "
+                          "cluster")
     optional_import("distributed")
-    store, partitions = open_partitioned_store(source, columns, partition_rows)
+    store, partitions = open_partitioned(source, columns, partition_rows)
     owned: list[Any] = []
     folder = tempfile.mkdtemp(prefix="tamis-scan-")
     try:
@@ -230,7 +231,7 @@ def open_session(source: Any, columns: ColumnSpec, *, client: Any = None, worker
                                "(dask worker ADDRESS, or dask-cuda-worker ADDRESS on GPU nodes)")
         spec = None
         if store.embeddings is not None:
-            spec = ReadSpec(token=uuid.uuid4().hex[:12], column=store.embeddings.column, source=store.source,
+            spec = ReadSpec(token=uuid.uuid4().hex[:12], column=store.embeddings.column,
                             dim=store.embeddings.shape[1], precision=precision, device=device)
         describe = {"scheduler": client.scheduler.address, "n_workers": n_workers,
                     "n_partitions": len(partitions), "worker_device": device,

@@ -1,10 +1,11 @@
 """The work a Dask worker does: pure functions of (partitions, parameters), safe to re-run.
 
-Every task reads the partitions it needs itself (:func:`load_partition`): the raw rows from
-Parquet, then the same validity test and normalisation as a single-process scan
-(:func:`tamis.engine.context.squared_norms`, :func:`~tamis.engine.context.scaled_rows`),
-so a partition's valid rows are bit for bit the rows of ``ctx.embeddings`` at the
-partition's valid-row offset. The normalised rows are cached twice on the worker: the last
+Every task reads the partitions it needs itself (:func:`load_partition`): the raw rows
+through the store's reader (:func:`~tamis.engine.executors.dask.partitions.read_partition`,
+converted as a local load converts them), then the same validity test and normalisation as
+a single-process scan (:func:`tamis.engine.context.squared_norms`,
+:func:`~tamis.engine.context.scaled_rows`), so a partition's valid rows are bit for bit the
+rows of ``ctx.embeddings`` at the partition's valid-row offset. The normalised rows are cached twice on the worker: the last
 two partitions in memory, and every partition it has read in a file under the worker's
 local directory (written to a temporary name and renamed, so a killed task never leaves a
 broken file); both are keyed by the scan's token and dropped at the end of the scan
@@ -59,8 +60,7 @@ class ReadSpec:
     """How every task reads and prepares partitions in one scan."""
 
     token: str          # unique per scan: cache keys and task keys
-    column: str
-    source: str
+    column: str         # the embedding column, as the reader names it
     dim: int
     precision: str      # dtype of the normalised rows, as ctx.embeddings
     device: str         # "auto", "cpu" or "gpu": the worker's backend
@@ -91,14 +91,14 @@ def load_partition(spec: ReadSpec, part: Partition, n_valid: int) -> np.ndarray:
     path = None if folder is None else os.path.join(folder, f"p{part.index}.npy")
     if path is not None and os.path.exists(path):
         rows = np.load(path)
-    else:   # row group by row group: one raw float32 row group in memory at a time
-        rows = np.concatenate([normalise_partition(read_partition(g, spec.column, spec.source, spec.dim),
-                                                   spec.precision) for g in part.groups()])
+    else:   # piece by piece (Parquet: row group by row group): one raw piece in memory at a time
+        rows = np.concatenate([normalise_partition(read_partition(piece, spec.column, spec.dim), spec.precision)
+                               for piece in part.pieces()])
         if path is not None:
             _atomic_save(path, rows)
     if len(rows) != n_valid:
-        raise InputError(f"{part.path}: row groups {list(part.row_groups)} hold {len(rows)} usable embeddings on a "
-                         f"worker but {n_valid} when the scan started; the store changed during the scan")
+        raise InputError(f"{part.where} hold {len(rows)} usable embeddings on a worker but {n_valid} when the "
+                         "scan started; the store changed during the scan")
     with _lock:
         _memory[key] = rows
         while len(_memory) > MEMORY_CACHE:

@@ -1,32 +1,22 @@
-"""Read an embedding store from a file, a directory of shards, or memory.
+"""Which column holds which input, and how a column becomes a validated array.
 
-Formats
--------
-- ``.npz``: arrays ``embeddings`` and optional ``labels``, ``image_paths``, ``split``,
-  ``pred_probs``, ``ids`` (read with ``allow_pickle=False``);
-- ``.npy``: one (N, d) matrix, embeddings only;
-- Parquet: one file or a directory of shards; Arrow IPC / Feather (``.arrow``, ``.feather``,
-  ``.ipc``): the embedding column as a list or fixed-size list of numbers;
-- memory: a NumPy / CuPy matrix, a dict of columns, a pandas / cuDF DataFrame or a
-  pyarrow Table.
-
-Column names are found by :class:`~tamis.io.store.ColumnSpec` or, when not given,
-by the usual names (:data:`ALIASES`). Embedding matrices are copied at most once: a
-single-chunk float32 column is used in place (read-only), anything else is copied once
-into one float32 matrix.
+Every reader hands its raw columns (Arrow arrays or NumPy / CuPy arrays) to
+:func:`convert_columns`, whole for a local scan or a row range at a time for a Dask worker;
+the conversion works row by row, so rows ``a:b`` of a converted column are bit for bit the
+conversion of rows ``a:b``. Embedding matrices are copied at most once: a single-chunk
+float32 Arrow column is used in place (read-only), anything else is copied once into one
+float32 matrix; NumPy input keeps its float dtype.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InputError
-from .store import ColumnSpec, Store
+from ...errors import InputError
+from ..store import ColumnSpec, Store
 
 #: input name -> (ColumnSpec field, names tried in order when the column is not named)
 ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -41,153 +31,10 @@ ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
                                   "predicted_probs", "predictions")),
     "quality": ("quality", ("quality", "quality_score")),
 }
+#: inputs that are (N, k) matrices; the others are one value per row
 MATRIX_INPUTS = ("embeddings", "pred_probs")
-PARQUET_SUFFIXES = (".parquet", ".pq")
-ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 
 
-def load_store(source: Any, columns: ColumnSpec | None = None) -> Store:
-    """Read ``source`` (a path or in-memory data) into a validated :class:`Store`."""
-    columns = columns or ColumnSpec()
-    if isinstance(source, Store):
-        return source.validate()
-    if isinstance(source, (str, os.PathLike)):
-        return _load_path(Path(source), columns).validate()
-    return _from_columns(_memory_columns(source), columns, "memory").validate()
-
-
-# ---------------------------------------------------------------------------- files
-def _load_path(path: Path, columns: ColumnSpec) -> Store:
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory; give the path of an .npz, .npy, "
-                         "Parquet or Arrow/Feather store")
-    src = str(path)
-    if path.is_dir():
-        return _from_columns(_table_columns(_read_parquet(parquet_shards(path), src)), columns, src)
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        return _from_columns(_read_npz(path), columns, src)
-    if suffix == ".npy":
-        return _read_npy(path, columns)
-    if suffix in PARQUET_SUFFIXES:
-        return _from_columns(_table_columns(_read_parquet([path], src)), columns, src)
-    if suffix in ARROW_SUFFIXES:
-        return _from_columns(_table_columns(_read_arrow(path)), columns, src)
-    raise InputError(f"{src}: unknown store format {suffix or '(no suffix)'!r}; tamis reads .npz, .npy, "
-                     ".parquet (or a directory of shards), .arrow, .feather and .ipc")
-
-
-def parquet_shards(path: Path) -> list[Path]:
-    """The Parquet files of a store, in row order: the file itself, or a folder's shards sorted by path."""
-    if not path.is_dir():
-        return [path]
-    shards = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES)
-    if not shards:
-        raise InputError(f"{path}: the directory holds no .parquet shards; give a file or a "
-                         "directory of Parquet shards")
-    return shards
-
-
-def _read_npz(path: Path) -> dict[str, Any]:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - zipfile, OSError and ValueError all mean unreadable
-        raise InputError(f"{path}: cannot read this .npz file ({exc}); is it a complete file written by "
-                         "np.savez?") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise InputError(f"{path}: this is not an .npz archive; rename it or save with np.savez")
-    out = {}
-    with archive:
-        for key in archive.files:
-            try:
-                out[key] = archive[key]
-            except ValueError as exc:
-                if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-                    raise InputError(
-                        f"{path}: array {key!r} is an object array, which tamis does not load (pickles can "
-                        f"run code); re-save it with a plain dtype, e.g. np.savez(..., {key}="
-                        f"np.asarray({key}, dtype=str)) for strings or .astype(np.float32) for numbers") from exc
-                raise InputError(f"{path}: cannot read array {key!r} ({exc})") from exc
-            except Exception as exc:  # noqa: BLE001 - a damaged member raises zlib/zipfile errors
-                raise InputError(f"{path}: array {key!r} is damaged ({exc}); write the file again") from exc
-    return out
-
-
-def _read_npy(path: Path, columns: ColumnSpec) -> Store:
-    try:
-        matrix = np.load(path, allow_pickle=False, mmap_mode="r")
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise InputError(f"{path}: the .npy file holds an object array; re-save it with "
-                             "np.save(path, embeddings.astype(np.float32))") from exc
-        raise InputError(f"{path}: cannot read this .npy file ({exc})") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: cannot read this .npy file ({exc}); is it a complete file written by "
-                         "np.save?") from exc
-    named = [k for k, v in columns.as_dict().items() if v is not None and k != "embedding"]
-    if named:
-        raise InputError(f"{path}: a .npy file holds embeddings only, but --{named[0].replace('_', '-')}-col "
-                         "was given; use an .npz or Parquet store for labels and other columns")
-    return Store(embeddings=_as_matrix(np.asarray(matrix), "embeddings", str(path)), source=str(path),
-                 columns={"embeddings": "(npy matrix)"})
-
-
-def _read_parquet(files: list[Path], src: str) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    try:
-        tables = [pq.read_table(f) for f in files]
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-    except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError, ...
-        raise InputError(f"{src}: cannot read the Parquet store ({exc}); is every shard a complete "
-                         "Parquet file with the same columns?") from exc
-
-
-def _read_arrow(path: Path) -> pa.Table:
-    import pyarrow.feather as feather
-    import pyarrow.ipc as ipc
-
-    try:
-        return feather.read_table(path, memory_map=True)
-    except Exception:  # noqa: BLE001 - not a file-format IPC; try the stream format
-        pass
-    try:
-        with pa.memory_map(str(path)) as source:
-            return ipc.open_stream(source).read_all()
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: cannot read this Arrow IPC / Feather file ({exc}); write it with "
-                         "pyarrow.feather.write_feather") from exc
-
-
-# ---------------------------------------------------------------------------- memory
-def _memory_columns(data: Any) -> dict[str, Any]:
-    if isinstance(data, Mapping):
-        return dict(data)
-    if isinstance(data, (pa.Table, pa.RecordBatch)):
-        return _table_columns(data)
-    module = type(data).__module__.split(".")[0]
-    if module == "pandas":
-        try:
-            return _table_columns(pa.Table.from_pandas(data, preserve_index=False))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InputError(f"memory: cannot convert the DataFrame to Arrow ({exc}); give the embedding "
-                             "column as lists or arrays of numbers") from exc
-    if module == "cudf":
-        return _table_columns(data.to_arrow())
-    if hasattr(data, "shape") and len(getattr(data, "shape")) == 2:
-        return {"embeddings": data}
-    if hasattr(data, "shape"):
-        raise InputError(f"memory: an array of shape {tuple(data.shape)} is not an embedding matrix; "
-                         "give an N x d matrix, or a dict {'embeddings': ..., 'labels': ...}")
-    raise InputError(f"memory: tamis cannot read a {type(data).__name__}; give a path, an N x d array, a dict "
-                     "of columns, a pandas/cuDF DataFrame or a pyarrow Table")
-
-
-def _table_columns(table: pa.Table | pa.RecordBatch) -> dict[str, Any]:
-    return {name: table.column(name) for name in table.column_names}
-
-
-# ---------------------------------------------------------------------------- columns
 def choose_columns(names: list[str], spec: ColumnSpec, src: str) -> dict[str, str]:
     """Input name -> the column of ``names`` that holds it: as named in ``spec``, else by alias."""
     chosen: dict[str, str] = {}
@@ -210,8 +57,8 @@ def choose_columns(names: list[str], spec: ColumnSpec, src: str) -> dict[str, st
     return chosen
 
 
-def _from_columns(cols: dict[str, Any], spec: ColumnSpec, src: str) -> Store:
-    chosen = choose_columns(list(cols), spec, src)
+def from_columns(cols: dict[str, Any], chosen: dict[str, str], src: str) -> Store:
+    """The (not yet validated) :class:`Store` of the ``chosen`` columns of ``cols``."""
     return Store(**convert_columns(cols, chosen, src), source=src, columns=chosen)
 
 
@@ -343,3 +190,8 @@ def _arrow_matrix(value: pa.Array | pa.ChunkedArray, col: str, src: str) -> np.n
             out[row:row + m] = block
         row += m
     return out
+
+
+def table_columns(table: pa.Table | pa.RecordBatch) -> dict[str, Any]:
+    """Column name -> column, for every column of an Arrow table or record batch."""
+    return {name: table.column(name) for name in table.column_names}
