@@ -9,12 +9,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from ._version import __version__
-from .config import CLI_PROJECTION, DEFAULT_K, DEFAULTS, DEVICES, ENGINES, PRECISIONS, PROJECTIONS, coerce
+from .config import (
+    CLI_PROJECTION,
+    DEFAULT_K,
+    DEFAULTS,
+    DEVICES,
+    ENGINES,
+    PRECISIONS,
+    PROJECTIONS,
+    coerce,
+)
 from .errors import ConfigError, TamisError
 
 EXAMPLES = """\
@@ -52,14 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                       ".arrow/.feather")
     scan.add_argument("--out", default="tamis-report", metavar="DIR", help="report folder (default: %(default)s)")
     _run_options(scan)
-    dask = scan.add_argument_group("cluster (Dask; pip install 'tamis[dask]'; the store must be Parquet)")
+    dask = scan.add_argument_group("cluster (Dask; pip install 'tamis[dask]'; the store: a path every worker can read)")
     where = dask.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
                        help="start a local Dask cluster of N workers (one per GPU with dask-cuda) for the heavy steps")
     where.add_argument("--scheduler", metavar="ADDRESS", help="run the heavy steps on the Dask cluster at ADDRESS, "
                        "e.g. tcp://head:8786")
     dask.add_argument("--partition-rows", type=int, metavar="ROWS",
-                      help="rows per partition, in whole Parquet row groups (default: ~64 MiB of embeddings)")
+                      help="rows per partition (Parquet: whole row groups; default: ~64 MiB of embeddings)")
     cols = scan.add_argument_group("columns (default: detected from the usual names)")
     for name, what in (("embedding", "embedding vectors"), ("label", "class labels"), ("path", "image paths"),
                        ("split", "train/val/test split"), ("id", "sample ids"),
@@ -136,20 +146,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="tamis: %(message)s", stream=sys.stderr)
     # a local Dask cluster logs every start and stop at INFO; read when Dask is first imported
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    previous = signal.signal(signal.SIGTERM, _terminated)   # SIGTERM unwinds like Ctrl-C: locks, staging
     try:
         return _dispatch(args)
     except TamisError as exc:
-        print(f"tamis: error: {exc}", file=sys.stderr)
+        print(f"tamis: error: {' '.join(str(exc).split())}", file=sys.stderr)   # one line, whatever the message
         return 2
-    except KeyboardInterrupt:
-        print("tamis: interrupted; no report was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        print(f"tamis: {'terminated' if terminated else 'interrupted'}; the report folder holds the previous "
+              "report or none, never a part of this one", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as exc:  # noqa: BLE001 - the one place internal errors are turned into exit code 1
         if debug:
             raise
-        print(f"tamis: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, "
-              "and please report it)", file=sys.stderr)
+        print(f"tamis: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} (rerun with --debug "
+              "for the traceback, and please report it)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the same clean-up runs as for Ctrl-C."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _dispatch(args: argparse.Namespace) -> int:

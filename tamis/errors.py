@@ -24,4 +24,9 @@ class DeviceError(TamisError, RuntimeError):
     """The requested compute device cannot be used."""
 
 
-__all__ = ["TamisError", "InputError", "ConfigError", "DeviceError"]
+class OutputError(TamisError, OSError):
+    """The report cannot be written where it was asked for (no permission, a full disk, a folder
+    another scan is writing)."""
+
+
+__all__ = ["TamisError", "InputError", "ConfigError", "DeviceError", "OutputError"]

@@ -26,7 +26,7 @@ from .engine.progress import Progress
 from .errors import ConfigError
 from .io.readers import load_store
 from .io.store import Store
-from .report.folder import write_report
+from .report.folder import check_destination, write_report
 from .report.model import Report
 
 log = logging.getLogger("tamis")
@@ -89,6 +89,8 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
                         projection_dims=projection_dims, threshold=threshold, engine=engine, k=k,
                         search_params=dict(search_params or {}), columns=ColumnSpec.of(columns)).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
+    if out is not None:   # an unwritable --out fails now, not after the scan
+        check_destination(out, source, plots=plots, image_root=image_root)
     distributed = client is not None or workers is not None or scheduler is not None
     if distributed and config.search_params:
         raise ConfigError(f"search parameters {sorted(config.search_params)} apply to single-process scans; a Dask "

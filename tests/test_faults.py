@@ -99,3 +99,193 @@ def test_uint64_labels_above_int64_are_kept_as_they_are(tmp_path):
     assert set(counts.filter(counts["split"].is_null())["label"].to_pylist()) == {int(v) for v in set(labels)}
     suggested = [v for v in report.samples["suggested_label"].to_pylist() if v is not None]
     assert suggested and set(suggested) <= {int(v) for v in set(labels)}
+
+
+# ---------------------------------------------------------------------- a report folder is replaced as one unit
+def _labelled(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n, 8)).astype(np.float32)
+    emb[n - 4:] = emb[:4]                                    # some copies: pairs, groups, knn
+    labels = rng.integers(0, 3, n)
+    split = np.where(np.arange(n) % 4 == 0, "test", "train")
+    return {"embeddings": emb, "labels": labels, "split": split,
+            "image_paths": np.array([f"img/{i}.png" for i in range(n)])}
+
+
+def _owned(folder) -> set[str]:
+    return {p.name for p in folder.iterdir()} - {".tamis.lock"}
+
+
+def test_a_reused_out_holds_only_the_new_report(tmp_path):
+    out = tmp_path / "R"
+    tamis.scan(_labelled(), device="cpu", out=out)
+    assert {"label_errors.parquet", "pairs.parquet", "knn.npz", "groups.parquet"} <= _owned(out)
+    (out / "notes.txt").write_text("mine")                     # a file tamis did not write stays
+    tamis.scan(_labelled(50, seed=1), device="cpu", checks=["invalid"], out=out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert _owned(out) == set(summary["files"]) | {"notes.txt"}
+    assert tamis.read_report(out).samples.num_rows == 50
+
+
+def test_a_write_killed_between_two_renames_leaves_no_report_and_the_next_cleans_up(tmp_path, monkeypatch):
+    import tamis.report.folder as folder
+
+    out = tmp_path / "R"
+    tamis.scan(_labelled(), device="cpu", out=out)
+    old_files = set(json.loads((out / "summary.json").read_text())["files"])
+    moves = []
+    real = folder.move_into_place
+
+    def dies_after_one(new, target):
+        if moves:
+            raise KeyboardInterrupt   # the process dies here
+        moves.append(target.name)
+        real(new, target)
+
+    monkeypatch.setattr(folder, "move_into_place", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        tamis.scan(_labelled(50, seed=1), device="cpu", checks=["invalid"], out=out)
+    assert moves == ["samples.parquet"] and not (out / "summary.json").exists()
+    with pytest.raises(tamis.InputError, match="no summary.json"):
+        tamis.read_report(out)
+    monkeypatch.setattr(folder, "move_into_place", real)
+    tamis.scan(_labelled(50, seed=1), device="cpu", checks=["invalid"], out=out)
+    new_files = set(json.loads((out / "summary.json").read_text())["files"])
+    assert _owned(out) == new_files and not (old_files - new_files) & _owned(out)
+    assert tamis.read_report(out).samples.num_rows == 50
+
+
+def test_read_report_refuses_a_mixed_folder(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    tamis.scan(_labelled(), device="cpu", out=a)
+    tamis.scan(_labelled(), device="cpu", out=b)            # the same store: only the report_id differs
+    (b / "samples.parquet").replace(a / "samples.parquet")
+    with pytest.raises(tamis.InputError, match="samples.parquet belongs to another report"):
+        tamis.read_report(a)
+    (b / "knn.npz").replace(a / "knn.npz")
+    (a / "samples.parquet").unlink()
+    with pytest.raises(tamis.InputError, match="lists samples.parquet, which is not there"):
+        tamis.read_report(a)
+
+
+def test_a_second_scan_into_a_folder_being_written_is_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "R"
+    out.mkdir()
+    with open(out / ".tamis.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(tamis.OutputError, match="another tamis scan is writing"):
+            tamis.scan(_labelled(), device="cpu", out=out)
+    assert _owned(out) == set()
+
+
+def test_kills_during_the_write_leave_the_old_report_or_the_new_one(tmp_path):
+    """SIGKILL at several points of a slowed-down write: a folder with a summary.json always reads
+    back whole (the old 80 rows or the new 50), never a mix."""
+    import signal
+    import time
+
+    store_old, store_new = tmp_path / "old.npz", tmp_path / "new.npz"
+    np.savez(store_old, **_labelled())
+    np.savez(store_new, **_labelled(50, seed=1))
+    script = ("import sys, time, tamis.report.folder as f\n"
+              "real = f.move_into_place\n"
+              "def slow(a, b):\n    real(a, b); print('moved', b.name, flush=True); time.sleep(0.15)\n"
+              "f.move_into_place = slow\n"
+              "from tamis.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    seen = set()
+    for cut in range(0, 9, 2):
+        out = tmp_path / f"R{cut}"
+        assert _cli("scan", str(store_old), "--out", str(out), "--device", "cpu", "--no-projection", "-q").returncode == 0
+        proc = subprocess.Popen([sys.executable, "-c", script, "scan", str(store_new), "--out", str(out), "--device",
+                                 "cpu", "--no-projection", "-q"], stdout=subprocess.PIPE, text=True)
+        for _ in range(cut):
+            if not proc.stdout.readline():
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.05)
+        if (out / "summary.json").exists():
+            rows = tamis.read_report(out).samples.num_rows
+            assert rows in (80, 50)
+            seen.add(rows)
+        else:
+            seen.add(None)
+            with pytest.raises(tamis.InputError):
+                tamis.read_report(out)
+        assert _cli("scan", str(store_new), "--out", str(out), "--device", "cpu", "--no-projection", "-q").returncode == 0
+        assert tamis.read_report(out).samples.num_rows == 50
+        assert not [p for p in out.iterdir() if p.name.startswith(".tamis-")]   # debris cleaned
+    assert None in seen and 80 in seen
+
+
+# ---------------------------------------------------------------------- output problems before the scan, exit 2
+def test_out_inside_a_parquet_folder_store_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = _labelled()
+    store = tmp_path / "shards"
+    store.mkdir()
+    pq.write_table(pa.table({"embeddings": list(cols["embeddings"]), "labels": cols["labels"]}), store / "a.parquet")
+    with pytest.raises(ConfigError, match="inside the store folder"):
+        tamis.scan(store, device="cpu", out=store / "report")
+    proc = _cli("scan", str(store), "--out", str(store / "report"), "--device", "cpu", "--no-projection")
+    assert proc.returncode == 2 and "inside the store folder" in proc.stderr and not (store / "report").exists()
+
+
+def test_an_out_under_a_file_is_exit_2_before_the_scan(tmp_path, small_columns):
+    (tmp_path / "f").write_text("x")
+    np.savez(tmp_path / "s.npz", **small_columns)
+    proc = _cli("scan", str(tmp_path / "s.npz"), "--out", str(tmp_path / "f" / "r"), "--device", "cpu",
+                "--no-projection")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is a file" in proc.stderr
+
+
+def test_a_full_disk_is_an_output_error_naming_the_path(tmp_path, small_columns, monkeypatch):
+    import errno
+
+    import tamis.report.folder as folder
+
+    def full(path, table):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(folder, "write_parquet", full)
+    with pytest.raises(tamis.OutputError, match="No space left on device"):
+        tamis.scan(small_columns, device="cpu", out=tmp_path / "r")
+    assert not (tmp_path / "r").exists(), "a folder the failed write created is removed"
+
+
+def test_plots_without_matplotlib_and_a_missing_image_root_fail_before_the_scan(tmp_path, small_columns,
+                                                                               monkeypatch):
+    import tamis.checks.base as base
+
+    ran = []
+    monkeypatch.setattr(base.Check, "_check_contract", lambda self, result, n: ran.append(self.name))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ConfigError, match="matplotlib"):
+        tamis.scan(small_columns, device="cpu", out=tmp_path / "r", plots=True)
+    with pytest.raises(ConfigError, match="image_root"):
+        tamis.scan(small_columns, device="cpu", out=tmp_path / "r", image_root=tmp_path / "nope")
+    assert ran == [] and not (tmp_path / "r").exists()
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    import signal
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "s.npz", embeddings=rng.normal(size=(40_000, 64)).astype(np.float32),
+             labels=rng.integers(0, 10, 40_000))
+    proc = subprocess.Popen([sys.executable, "-m", "tamis", "scan", str(tmp_path / "s.npz"), "--out",
+                             str(tmp_path / "r"), "--device", "cpu", "--no-projection", "-v", "--engine", "exact"],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "running" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    assert proc.wait() == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

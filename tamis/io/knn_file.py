@@ -91,7 +91,7 @@ def _knn_file(path: str | os.PathLike) -> Path:
 
 
 def save_knn(path: str | os.PathLike, indices: Any, similarities: Any, *,
-             rows: Any = None) -> Path:
+             rows: Any = None, extra: dict[str, str] | None = None) -> Path:
     """Write the graph to ``path`` (a directory gets ``knn.npz``) atomically.
 
     The file holds ``indices`` (int64, N x k), ``distances`` (float32 cosine distances,
@@ -99,7 +99,8 @@ def save_knn(path: str | os.PathLike, indices: Any, similarities: Any, *,
     ascending, when some input rows have no graph row, e.g. invalid embeddings),
     ``indices`` are input-row numbers and ``rows`` is stored too. It is written to a
     temporary file in the same directory and moved into place, so a reader never sees a
-    partial file. Returns the path written.
+    partial file. ``extra``: strings stored beside them (the report's ``report_id``).
+    Returns the path written.
     """
     rows_arr = None if rows is None else np.asarray(to_host(rows), dtype=np.int64)
     if rows_arr is not None:
@@ -111,10 +112,11 @@ def save_knn(path: str | os.PathLike, indices: Any, similarities: Any, *,
     if not target.parent.is_dir():
         raise InputError(f"cannot write {target}: the directory {target.parent} does not "
                          "exist; create it first")
-    extra = {} if rows_arr is None else {"rows": rows_arr}
+    arrays = {} if rows_arr is None else {"rows": rows_arr}
+    arrays.update({key: np.str_(value) for key, value in (extra or {}).items()})
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         np.savez(f, indices=indices, distances=_distances(similarities),
-                 k=np.int64(indices.shape[1]), metric=np.str_(METRIC), **extra)
+                 k=np.int64(indices.shape[1]), metric=np.str_(METRIC), **arrays)
     return target
 
 

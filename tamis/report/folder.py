@@ -14,19 +14,35 @@ Files (the public contract, pinned in ``tests/test_outputs.py``):
 - ``knn.npz``: the neighbour graph, when a check built one (indices are input rows);
 - ``report.html`` and ``thumbs/`` (:mod:`.html`), PNG plots when asked (:mod:`.plots`).
 
-:func:`write_report` writes every file into a staging folder first and renames each into
-place, ``summary.json`` last, so a folder holding a ``summary.json`` holds a whole report.
+:func:`write_report` replaces a report folder as one unit: it takes the folder's lock
+(``.tamis.lock``; a second scan into the same folder at the same time is an
+:class:`~tamis.errors.OutputError`), writes every file into a staging folder inside it, sets the
+old ``summary.json`` aside (``.tamis-summary-old.json``), moves the new files in, removes the
+files the old report listed that the new one does not (and staging folders a killed run left),
+and moves ``summary.json`` in last. So a folder holding a ``summary.json`` holds one whole
+report, the old one or the new one: a run killed at any point leaves the old report, the new one,
+or a folder without ``summary.json`` that no reader takes for a report (the next scan cleans it).
+Files tamis did not write are left alone. Every table, ``knn.npz`` and ``summary.json`` carry the
+same ``report_id``; :func:`read_report` refuses a folder whose files do not all carry it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import shutil
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError, OutputError
 from ..io.atomic import (
     move_into_place,
     output_folder,
@@ -38,30 +54,91 @@ from ..io.atomic import (
 from ..io.knn_file import KNN_FILE, load_knn_rows, save_knn
 from .html import write_html_report
 from .model import Report
-from .plots import write_plots
+from .plots import check_plots, write_plots
+from .thumbnails import check_image_root
 
 FIXED_FILES = ("samples.parquet", "exclude.parquet", "exclude.txt", "summary.json")
+LOCK = ".tamis.lock"
+OLD_SUMMARY = ".tamis-summary-old.json"
+STAGING_PREFIX = ".tamis-staging-"
+#: the Parquet schema metadata key (and knn.npz array) that ties a file to its summary.json
+REPORT_ID = "tamis.report_id"
 
 
 def write_report(report: Report, out: str | os.PathLike, *, html: bool = True, plots: bool = False,
                  image_root: str | os.PathLike | None = None) -> Path:
-    """Write ``report`` into folder ``out`` (created if needed); return its path.
+    """Write ``report`` into folder ``out`` (created if needed), replacing a report there as one
+    unit (see the module docstring); return its path. ``html`` writes ``report.html`` (thumbnails
+    of images under ``image_root``, default the store's folder, go to ``thumbs/``); ``plots``
+    writes PNG plots (needs matplotlib). An :class:`~tamis.errors.OutputError` names the path and
+    the reason when the folder cannot be written."""
+    target = Path(out)
+    created = not target.exists()
+    try:
+        out = output_folder(target)
+        with _locked(out):
+            return _replace(report, out, html=html, plots=plots, image_root=image_root)
+    except OSError as exc:
+        if created:
+            _remove_if_empty(target)
+        if isinstance(exc, OutputError):
+            raise
+        where = exc.filename or target
+        raise OutputError(f"cannot write the report to {target}: {exc.strerror or exc} ({where}); free space or "
+                          "choose a folder you can write (--out DIR)") from exc
+    except BaseException:
+        if created:
+            _remove_if_empty(target)
+        raise
 
-    ``html`` writes ``report.html`` (thumbnails of images under ``image_root``, default the
-    store's folder, go to ``thumbs/``); ``plots`` writes PNG plots (needs matplotlib).
-    """
-    out = output_folder(out)
-    with staged_folder(out) as stage:
-        write_parquet(stage / "samples.parquet", report.samples)
-        write_parquet(stage / "exclude.parquet", report.exclusions)
+
+def check_destination(out: str | os.PathLike, source: object = None, *, plots: bool = False,
+                      image_root: str | os.PathLike | None = None) -> None:
+    """Refuse, before a scan starts, a report it could not write: ``out`` a file, a folder (or the
+    first existing parent of one) this process cannot write, a folder inside the input store (its
+    tables would become shards of the store), plots without matplotlib, an image root that is no
+    folder. Creates nothing."""
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target}: the output path is a file; give a folder for the report (--out DIR)")
+    existing = target
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(f"cannot create the report folder {target}: {existing} is a file; choose another "
+                          "folder (--out DIR)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the report to {target}: permission denied on {existing}; choose a "
+                          "folder you can write (--out DIR)")
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        store = Path(source).resolve()
+        if target.resolve() == store or target.resolve().is_relative_to(store):
+            raise ConfigError(f"--out {target} is inside the store folder {store}: the report's .parquet files "
+                              "would become shards of the store; write the report elsewhere")
+    if plots:
+        check_plots()
+    if image_root is not None:
+        check_image_root(image_root)
+
+
+def _replace(report: Report, out: Path, *, html: bool, plots: bool, image_root) -> Path:
+    report_id = uuid.uuid4().hex
+    old = _listed(out)
+    for stale in out.glob(STAGING_PREFIX + "*"):   # left by a killed run (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    with staged_folder(out, prefix=STAGING_PREFIX) as stage:
+        write_parquet(stage / "samples.parquet", _stamped(report.samples, report_id))
+        write_parquet(stage / "exclude.parquet", _stamped(report.exclusions, report_id))
         write_text(stage / "exclude.txt", "".join(f"{line}\n" for line in report.exclude_list()))
         names = []
         for name, table in report.tables.items():
-            write_parquet(stage / f"{name}.parquet", table)
+            write_parquet(stage / f"{name}.parquet", _stamped(table, report_id))
             names.append(f"{name}.parquet")
         if report.knn is not None:
             rows, indices, sims = report.knn
-            save_knn(stage / KNN_FILE, indices, sims, rows=rows)
+            save_knn(stage / KNN_FILE, indices, sims, rows=rows, extra={REPORT_ID: report_id})
             names.append(KNN_FILE)
         extra = []
         if html:
@@ -70,25 +147,110 @@ def write_report(report: Report, out: str | os.PathLike, *, html: bool = True, p
         if plots:
             extra += [p.name for p in write_plots(report, stage)]
         names += sorted(extra)
-        write_json(stage / "summary.json", dict(report.summary, files=list(FIXED_FILES) + names))
-        for name in [*FIXED_FILES[:-1], *names, "summary.json"]:  # summary.json last: the commit mark
-            move_into_place(stage / name, out / name)
+        files = list(FIXED_FILES) + names
+        write_json(stage / "summary.json", dict(report.summary, report_id=report_id, files=files))
+        if (out / "summary.json").exists():   # from here on the folder is no report until the new one is whole
+            os.replace(out / "summary.json", out / OLD_SUMMARY)
+        for name in files:
+            if name != "summary.json":
+                move_into_place(stage / name, out / name)
+        for name in sorted(set(old) - set(files)):
+            _remove(out / name)
+        move_into_place(stage / "summary.json", out / "summary.json")   # the commit mark, last
+    (out / OLD_SUMMARY).unlink(missing_ok=True)
     return out
 
 
+def _listed(out: Path) -> list[str]:
+    """The files the report in ``out`` lists (its summary.json, or the one set aside by a run that
+    was killed while replacing it)."""
+    for name in ("summary.json", OLD_SUMMARY):
+        try:
+            files = json.loads((out / name).read_text(encoding="utf-8")).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        return [f for f in files if isinstance(f, str) and f and "/" not in f and f not in (".", "..")]
+    return []
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a folder this write created, when nothing but its lock is in it."""
+    try:
+        (folder / LOCK).unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock (``flock``: released by the kernel when the process dies) while writing."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputError(f"{out}: another tamis scan is writing this report folder right now; wait for "
+                                  "it to finish or give another folder (--out DIR)") from exc
+            raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def _stamped(table: pa.Table, report_id: str) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), REPORT_ID.encode(): report_id.encode()})
+
+
 def read_report(folder: str | os.PathLike) -> Report:
-    """Read a report that :func:`write_report` wrote."""
+    """Read a report that :func:`write_report` wrote; an :class:`~tamis.errors.InputError` when the
+    folder holds no whole report (no ``summary.json``, a listed file missing, or files of another
+    report: a different ``report_id`` or row count)."""
     folder = Path(folder)
     summary_path = folder / "summary.json"
     if not summary_path.is_file():
-        raise InputError(f"{folder}: no summary.json here; is this a folder written by tamis scan?")
+        raise InputError(f"{folder}: no summary.json here; is this a folder written by tamis scan (a scan killed "
+                         "while writing leaves none: scan again)?")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     files = summary.get("files", [])
-    tables = {Path(name).stem: pq.read_table(folder / name) for name in files
-              if name.endswith(".parquet") and name not in FIXED_FILES}
-    knn = load_knn_rows(folder / KNN_FILE) if KNN_FILE in files else None
-    return Report(samples=pq.read_table(folder / "samples.parquet"), summary=summary,
-                  exclusions=pq.read_table(folder / "exclude.parquet"), tables=tables, knn=knn)
+    missing = [name for name in files if not (folder / name).exists()]
+    if missing:
+        raise InputError(f"{folder}: summary.json lists {missing[0]}, which is not there; the folder is not a whole "
+                         "report: scan again")
+    report_id = summary.get("report_id")
+
+    def table(name: str) -> pa.Table:
+        read = pq.read_table(folder / name)
+        stamp = (read.schema.metadata or {}).get(REPORT_ID.encode(), b"").decode()
+        if report_id is not None and stamp != report_id:
+            raise InputError(f"{folder}: {name} belongs to another report than summary.json "
+                             f"(report_id {stamp or 'missing'} != {report_id}); the folder is mixed: scan again")
+        return read.replace_schema_metadata({k: v for k, v in (read.schema.metadata or {}).items()
+                                             if k != REPORT_ID.encode()} or None)
+
+    tables = {Path(name).stem: table(name) for name in files if name.endswith(".parquet") and name not in FIXED_FILES}
+    knn = None
+    if KNN_FILE in files:
+        with np.load(folder / KNN_FILE, allow_pickle=False) as archive:
+            stamp = str(archive[REPORT_ID]) if REPORT_ID in archive.files else ""
+        if report_id is not None and stamp != report_id:
+            raise InputError(f"{folder}: {KNN_FILE} belongs to another report than summary.json; the folder is "
+                             "mixed: scan again")
+        knn = load_knn_rows(folder / KNN_FILE)
+    samples = table("samples.parquet")
+    n_rows = summary.get("store", {}).get("n_rows")
+    if n_rows is not None and samples.num_rows != n_rows:
+        raise InputError(f"{folder}: samples.parquet has {samples.num_rows} rows but summary.json says {n_rows}; "
+                         "the folder is mixed: scan again")
+    return Report(samples=samples, summary=summary, exclusions=table("exclude.parquet"), tables=tables, knn=knn)
 
 
-__all__ = ["write_report", "read_report", "FIXED_FILES"]
+__all__ = ["write_report", "read_report", "check_destination", "FIXED_FILES"]

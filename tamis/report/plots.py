@@ -40,12 +40,7 @@ def write_plots(report: Report, out_dir: str | os.PathLike, coords: Any = None) 
     default: the map the scan stored in the samples, when it made one.
     Raises :class:`~tamis.errors.ConfigError` when matplotlib is not installed.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ConfigError(f"plots need the optional package 'matplotlib' ({exc}); install it with: "
-                          "pip install matplotlib") from exc
+    FigureCanvasAgg, Figure = _matplotlib()
     out = output_folder(out_dir)
     plots = [("projection.png", lambda fig: _projection(fig, report, coords))]
     for panel in report.views()[1]:
@@ -65,6 +60,21 @@ def write_plots(report: Report, out_dir: str | os.PathLike, coords: Any = None) 
             fig.savefig(tmp, format="png")
         written.append(path)
     return written
+
+
+def check_plots() -> None:
+    """A :class:`~tamis.errors.ConfigError` when matplotlib is missing (checked before a scan starts)."""
+    _matplotlib()
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError(f"plots need the optional package 'matplotlib' ({exc}); install it with: "
+                          "pip install matplotlib") from exc
+    return FigureCanvasAgg, Figure
 
 
 def _plain(value: Any, limit: int = 30) -> str:

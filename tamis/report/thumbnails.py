@@ -37,17 +37,22 @@ def image_root(report: Report, image_root: str | os.PathLike | None) -> Path | N
     """The folder sample paths are resolved against and confined to (resolved), or None when
     the store's folder is gone; ``image_root`` given must be a folder."""
     if image_root is not None:
-        root = Path(image_root)
-        if not root.is_dir():
-            raise ConfigError(f"image_root {str(root)!r} is not a folder; give the folder the samples' paths "
-                              "are relative to (--image-root DIR)")
-        return root.resolve()
+        return check_image_root(image_root)
     source = str(report.summary.get("store", {}).get("source", "memory"))
     if source == "memory":
         return Path.cwd().resolve()
     src = Path(source)
     folder = src if src.is_dir() else src.parent
     return folder.resolve() if folder.is_dir() else None
+
+
+def check_image_root(image_root: str | os.PathLike) -> Path:
+    """``image_root`` resolved; a :class:`~tamis.errors.ConfigError` when it is not a folder."""
+    root = Path(image_root)
+    if not root.is_dir():
+        raise ConfigError(f"image_root {str(root)!r} is not a folder; give the folder the samples' paths "
+                          "are relative to (--image-root DIR)")
+    return root.resolve()
 
 
 def resolve_inside(root: Path, path: str | None) -> Path | None:
