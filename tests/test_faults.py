@@ -289,3 +289,18 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert proc.wait() == 143, err
     assert "terminated" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------- a million rows in the seed's own format
+def test_a_million_row_npz_with_paths_scans(tmp_path):
+    """pyarrow turns a 1M-row NumPy string array into a ChunkedArray: the exact-duplicate check crashed on it."""
+    n = 1_000_000
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(n, 2)).astype(np.float32)
+    emb[n - 1] = emb[0]
+    paths = np.array([f"images/{i:08d}.jpg" for i in range(n)])
+    paths[n - 2] = paths[1]                                     # the same file listed twice
+    np.savez(tmp_path / "s.npz", embeddings=emb, image_paths=paths, labels=rng.integers(0, 5, n))
+    report = tamis.scan(tmp_path / "s.npz", device="cpu", checks=["invalid", "exact_duplicate", "class_imbalance"])
+    flagged = np.flatnonzero(report.flags("exact_duplicate"))
+    assert set(flagged) == {0, n - 1, 1, n - 2}

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..config import Options
+from ..io.labels import encode
 from .base import Check, CheckResult
 from .shared.groups import KEEP_POLICIES, groups_of, keep_one
 from .views import Groups
@@ -79,8 +79,8 @@ def _identical_rows(ctx, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _equal_values(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (first row, other row) of rows holding the same value."""
-    return _runs(pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False).astype(np.int64))
+    """Pairs (first row, other row) of rows holding the same value (chunked columns too)."""
+    return _runs(encode(values)[0])
 
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,16 +10,19 @@ import pyarrow.compute as pc
 def encode(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
     """``(codes, names)``: ``codes[i]`` (int64) indexes ``names``, the distinct values of
     ``values`` in ascending order (Arrow's sort); -1 for nulls. Dictionary columns are decoded
-    first; an all-null column has no names."""
-    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
+    first; an all-null column has no names. A chunked column is read chunk by chunk (never
+    combined into one: a string column over 2 GiB cannot be)."""
+    arr = values
+    if pa.types.is_dictionary(arr.type):   # chunk by chunk: a large string column cannot be one chunk
+        arr = pc.cast(arr, arr.type.value_type)
     if pa.types.is_null(arr.type):
         return np.full(len(arr), -1, dtype=np.int64), []
     names = pc.unique(pc.drop_null(arr))
+    if isinstance(names, pa.ChunkedArray):
+        names = names.combine_chunks()
     names = names.take(pc.array_sort_indices(names))
     codes = pc.index_in(arr, value_set=names).fill_null(-1)
-    return np.asarray(codes, dtype=np.int64), names.to_pylist()
+    return np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64), names.to_pylist()
 
 
 __all__ = ["encode"]
