@@ -12,7 +12,7 @@ from ._version import __version__
 from .checks import REGISTRY as CHECKS
 from .config import ColumnSpec, ScanConfig
 from .engine.backend import Backend, gpu_available, resolve_backend
-from .errors import ConfigError, DeviceError, InputError, OutputError, TamisError
+from .errors import ConfigError, DeviceError, InputError, OutputError, PairLimitError, TamisError
 from .io.readers import load_store
 from .io.store import Store
 from .pipeline import scan
@@ -22,5 +22,5 @@ from .report.model import Report
 __all__ = [
     "__version__", "scan", "load_store", "Report", "write_report", "read_report", "Store", "ColumnSpec", "ScanConfig", "CHECKS",
     "Backend", "resolve_backend", "gpu_available",
-    "TamisError", "InputError", "ConfigError", "DeviceError", "OutputError",
+    "TamisError", "InputError", "ConfigError", "DeviceError", "OutputError", "PairLimitError",
 ]

@@ -97,6 +97,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="similarity search for pairs and neighbours (default: auto: exact for small stores, "
                         "else ivf; exact gives identical answers on every device; faiss when installed)")
     p.add_argument("--exact", action="store_true", help="alias of --engine exact")
+    p.add_argument("--max-pairs", type=int, default=DEFAULTS.max_pairs, metavar="N",
+                   help="the most near-duplicate pairs the scan may hold (default: a quarter of this machine's "
+                        "memory at ~100 bytes a pair); more is an error that says to raise the threshold")
     p.add_argument("--k", type=int, default=None, metavar="K",
                    help=f"neighbours per row in the shared neighbour graph (default: {DEFAULT_K})")
     p.add_argument("--references", metavar="STORE",
@@ -201,7 +204,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         params.setdefault("off_topic", {}).setdefault("references", args.references)
     cluster = {name: getattr(args, name, None) for name in ("workers", "scheduler", "partition_rows")}
     report = scan(source, **cluster, checks=args.checks, params=params, device=args.device, precision=args.precision,
-                  k=args.k,
+                  k=args.k, max_pairs=args.max_pairs,
                   threshold=args.threshold, engine=_engine(args), search_params=params.pop("search", {}),
                   projection="none" if args.no_projection else args.projection,
                   projection_dims=args.projection_dims, plots=args.plots, image_root=args.image_root,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -34,6 +35,21 @@ ENGINES = ("auto", "exact", "ivf", "faiss")
 DEFAULT_K = 10
 #: the CLI writes a report with a map by default; the Python API computes none unless asked
 CLI_PROJECTION = "auto"
+#: bytes one near-duplicate pair costs on its way through the search and the checks (measured
+#: upper bound: candidate ids, canonical rescoring, the sorted list, groups and tables)
+BYTES_PER_PAIR = 100
+#: the share of the machine's memory the pair list may take when max_pairs is not given
+PAIR_MEMORY_SHARE = 0.25
+
+
+def default_max_pairs() -> int:
+    """The default pair budget: :data:`PAIR_MEMORY_SHARE` of this machine's memory at
+    :data:`BYTES_PER_PAIR` a pair (64M pairs on a 24 GiB machine); 50M where memory is unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 50_000_000
+    return max(1_000_000, int(total * PAIR_MEMORY_SHARE / BYTES_PER_PAIR))
 
 
 @dataclass(frozen=True)
@@ -178,6 +194,8 @@ class ScanConfig:
         of every duplicate-family check's own ``threshold``.
     engine : the similarity search (:data:`ENGINES`) behind the pairs and the neighbour graph.
     k : neighbours per row in the shared graph (None: :data:`DEFAULT_K`, lowered for tiny stores).
+    max_pairs : the most near-duplicate pairs the scan may hold (None: :func:`default_max_pairs`);
+        a threshold that gives more stops with a :class:`~tamis.errors.PairLimitError`.
     search_params : parameters of the chosen engine (the CLI's ``--param search.NAME=VALUE``).
     columns : which column holds what.
     """
@@ -193,6 +211,7 @@ class ScanConfig:
     k: int | None = None
     search_params: dict = field(default_factory=dict)
     columns: ColumnSpec = field(default_factory=ColumnSpec)
+    max_pairs: int | None = None
 
     _parameter_constraints = {
         "device": Options(DEVICES),
@@ -202,6 +221,7 @@ class ScanConfig:
         "threshold": Interval(float, 0, 1, closed="right"),
         "engine": Options(ENGINES),
         "k": Interval(int, 1, None, none_ok=True),
+        "max_pairs": Interval(int, 1, None, none_ok=True),
     }
 
     def validate(self) -> "ScanConfig":

@@ -24,9 +24,18 @@ class DeviceError(TamisError, RuntimeError):
     """The requested compute device cannot be used."""
 
 
+class PairLimitError(ConfigError):
+    """A threshold gives more pairs than the scan's pair budget (``max_pairs``) allows."""
+
+    def __init__(self, message: str, threshold: float, limit: int):
+        super().__init__(message)
+        self.threshold = threshold
+        self.limit = limit
+
+
 class OutputError(TamisError, OSError):
     """The report cannot be written where it was asked for (no permission, a full disk, a folder
     another scan is writing)."""
 
 
-__all__ = ["TamisError", "InputError", "ConfigError", "DeviceError", "OutputError"]
+__all__ = ["TamisError", "InputError", "ConfigError", "DeviceError", "OutputError", "PairLimitError"]

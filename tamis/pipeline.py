@@ -36,6 +36,7 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
          device: str | Backend = DEFAULTS.device, precision: str = DEFAULTS.precision,
          projection: str = DEFAULTS.projection, projection_dims: int = DEFAULTS.projection_dims,
          threshold: float = DEFAULTS.threshold, engine: str = DEFAULTS.engine, k: int | None = DEFAULTS.k,
+         max_pairs: int | None = DEFAULTS.max_pairs,
          search_params: dict | None = None, columns: ColumnSpec | dict | None = None, progress: bool = False,
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
@@ -63,6 +64,10 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
         ``search`` records what ran and its measured recall.
     k : neighbours per row in the shared neighbour graph (label errors, outliers, split shift);
         default 10, lowered to (valid rows - 1) for tiny stores. An explicit k >= valid rows is an error.
+    max_pairs : the most near-duplicate pairs the scan may hold (default: a quarter of this
+        machine's memory at ~100 bytes a pair); a threshold that gives more stops with a
+        :class:`~tamis.errors.PairLimitError` (exit 2) before memory runs out, and the
+        near-duplicate sweep below the threshold is cut instead where only the sweep exceeds it.
     search_params : parameters of the chosen engine, e.g. ``{"n_buckets": 500}`` (ivf) or
         ``{"index": "ivf", "nprobe": 16}`` (faiss); the CLI's ``--param search.NAME=VALUE``.
     columns : which column holds what (a :class:`ColumnSpec` or a dict with its fields).
@@ -87,7 +92,8 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
     config = ScanConfig(device=device if isinstance(device, str) else device.name, checks=checks,
                         params=dict(params or {}), precision=precision, projection=projection,
                         projection_dims=projection_dims, threshold=threshold, engine=engine, k=k,
-                        search_params=dict(search_params or {}), columns=ColumnSpec.of(columns)).validate()
+                        search_params=dict(search_params or {}), columns=ColumnSpec.of(columns),
+                        max_pairs=max_pairs).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
     if out is not None:   # an unwritable --out fails now, not after the scan
         check_destination(out, source, plots=plots, image_root=image_root)

@@ -304,3 +304,71 @@ def test_a_million_row_npz_with_paths_scans(tmp_path):
     report = tamis.scan(tmp_path / "s.npz", device="cpu", checks=["invalid", "exact_duplicate", "class_imbalance"])
     flagged = np.flatnonzero(report.flags("exact_duplicate"))
     assert set(flagged) == {0, n - 1, 1, n - 2}
+
+
+# ---------------------------------------------------------------------- the pairs a scan may hold are bounded
+def _dense(n=3000, d=4, seed=0):
+    """Rows on a few tight clusters: almost every pair is above 0.90."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(3, d))[rng.integers(0, 3, n)] * 10 + rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("engine", ["exact", "ivf"])
+def test_a_threshold_that_gives_too_many_pairs_stops_with_a_clear_error(engine):
+    emb = _dense()
+    with pytest.raises(tamis.PairLimitError, match=r"threshold 0.5 gives more than 100,000 pairs.*raise the threshold"):
+        tamis.scan(emb, device="cpu", checks=["near_duplicate"], threshold=0.5, max_pairs=100_000, engine=engine)
+
+
+def test_the_budget_stops_the_search_early(monkeypatch):
+    """The search stops when the budget is spent, not after it has collected every pair."""
+    import tamis.engine.search.tiles as tiles
+
+    taken = []
+    real = tiles.PairBudget.take
+
+    def record(self, n):
+        taken.append(self.taken + n)
+        real(self, n)
+
+    monkeypatch.setattr(tiles.PairBudget, "take", record)
+    with pytest.raises(tamis.PairLimitError):
+        tamis.scan(_dense(6000), device="cpu", checks=["near_duplicate"], threshold=0.5, max_pairs=50_000,
+                   engine="exact", search_params={"block_rows": 64})
+    all_pairs = 6000 * 5999 // 2
+    assert max(taken) < all_pairs / 10, "the search ran on long past the budget"
+
+
+def test_only_the_sweep_exploding_cuts_the_sweep(monkeypatch):
+    from tamis.engine import artifacts
+
+    real = artifacts.pairs_at
+    asked = []
+
+    def pairs_at(ctx, threshold):    # pairs below 0.95 are "too many": the sweep's 0.90 explodes
+        asked.append(threshold)
+        if threshold < 0.95:
+            raise tamis.PairLimitError("too many", threshold, 10)
+        return real(ctx, threshold)
+
+    import tamis.checks.near_duplicate as nd
+
+    monkeypatch.setattr(nd, "pairs_at", pairs_at)
+    report = tamis.scan(_dense(300), device="cpu", checks=["near_duplicate"], threshold=0.95)
+    summary = report.summary["checks"]["near_duplicate"]
+    assert asked == [0.90, 0.95] and "sweep starts at 0.95" in summary["sweep_cut"]
+    assert [s["threshold"] for s in summary["sweep"]][0] == 0.95
+
+
+def test_cli_too_many_pairs_is_exit_2(tmp_path):
+    np.savez(tmp_path / "s.npz", embeddings=_dense())
+    proc = _cli("scan", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r"), "--device", "cpu", "--no-projection",
+                "--checks", "near_duplicate", "--threshold", "0.5", "--max-pairs", "100000")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--max-pairs" in proc.stderr, proc.stderr
+
+
+def test_the_default_budget_follows_the_machine():
+    from tamis.config import BYTES_PER_PAIR, PAIR_MEMORY_SHARE, default_max_pairs
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert default_max_pairs() == max(1_000_000, int(total * PAIR_MEMORY_SHARE / BYTES_PER_PAIR))

@@ -16,11 +16,14 @@ Tables: ``pairs.parquet`` (row_a, row_b, similarity, cross_split) and ``groups.p
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 
 from ..config import Interval, Options
 from ..engine.artifacts import pairs_at, resolve_threshold
+from ..errors import PairLimitError
 from .base import Check, CheckResult
 from .shared.groups import (
     KEEP_POLICIES,
@@ -32,6 +35,8 @@ from .shared.groups import (
     near_groups,
 )
 from .views import Groups, Histogram
+
+log = logging.getLogger("tamis")
 
 SWEEP = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 
@@ -59,7 +64,18 @@ class NearDuplicate(Check):
     def _run(self, ctx) -> CheckResult:
         threshold = resolve_threshold(ctx, self.threshold)
         base = min(threshold, SWEEP[0]) if self.sweep else threshold
-        every = pairs_at(ctx, base)
+        sweep_cut = None
+        try:
+            every = pairs_at(ctx, base)
+        except PairLimitError as exc:
+            if base >= threshold:
+                raise
+            # the sweep below the threshold exploded, not the threshold itself: cut the sweep
+            log.warning("near_duplicate: the sweep from %g %s; sweeping from the threshold %g only", base,
+                        "gives more pairs than the budget", threshold)
+            sweep_cut = f"from {base:g}: more than {exc.limit:,} pairs (max_pairs); the sweep starts at {threshold:g}"
+            base = threshold
+            every = pairs_at(ctx, base)
         pairs = every.at(threshold)
         groups = near_groups(ctx, threshold)
         keep = keep_one(ctx, groups, self.keep)
@@ -87,6 +103,8 @@ class NearDuplicate(Check):
             "groups_similarity": group_sims,
             "histogram": _histogram(every),
         }
+        if sweep_cut:
+            summary["sweep_cut"] = sweep_cut
         if self.sweep:
             summary["sweep"] = []
             for t in sorted(set(SWEEP) | {float(threshold)}):

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from ..config import ScanConfig
+from ..config import ScanConfig, default_max_pairs
 from ..errors import InputError
 from ..io.labels import encode
 from ..io.store import Store
@@ -81,6 +81,11 @@ class RunContext:
         finally:
             self.backend.synchronize()
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    @property
+    def max_pairs(self) -> int:
+        """The pair budget of this run: the scan's ``max_pairs``, else :func:`~tamis.config.default_max_pairs`."""
+        return self.config.max_pairs if self.config.max_pairs is not None else default_max_pairs()
 
     # ------------------------------------------------------------------ rows
     @property

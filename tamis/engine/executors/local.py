@@ -20,7 +20,7 @@ class LocalExecutor(Executor):
         config = ctx.config
         with ctx.progress.task("pair search", total=len(ctx.valid_rows)) as advance:
             result = find_pairs(ctx.embeddings, threshold, engine=config.engine, xp=ctx.xp, progress=advance,
-                                state=ctx.search_state, **config.search_params)
+                                state=ctx.search_state, max_pairs=ctx.max_pairs, **config.search_params)
         return result.row_a, result.row_b, result.similarity, result.info
 
     def knn(self, ctx: Any, k: int) -> tuple[np.ndarray, np.ndarray, dict]:

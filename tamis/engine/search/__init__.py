@@ -129,7 +129,7 @@ def _resolve(engine: str, task: str, X: Any, xp: ModuleType, workers: int = 1) -
 def find_pairs(X: Any, threshold: float, *, engine: str = "auto", xp: ModuleType | None = None,
                memory_bytes: int | None = None, progress: Callable[[int], Any] | None = None,
                seed: int = 0, target_recall: float | None = None, state: dict | None = None,
-               **params: Any) -> PairResult:
+               max_pairs: int | None = None, **params: Any) -> PairResult:
     """Every pair ``i < j`` of rows of ``X`` with cosine similarity ``>= threshold``.
 
     ``engine``: ``auto``, ``exact``, ``ivf`` or ``faiss``; ``params`` go to that engine
@@ -143,6 +143,10 @@ def find_pairs(X: Any, threshold: float, *, engine: str = "auto", xp: ModuleType
                           "e.g. 0.95")
     chosen = _resolve(engine, "pairs", X, xp)
     opt = _options(xp, chosen, memory_bytes, progress, seed, target_recall, state, params)
+    if max_pairs is not None:
+        if isinstance(max_pairs, bool) or not isinstance(max_pairs, numbers.Integral) or max_pairs < 1:
+            raise ConfigError(f"max_pairs={max_pairs!r} is not a positive integer; pass e.g. 50_000_000")
+        opt.max_pairs = int(max_pairs)
     if X.shape[0] < 2:
         empty = np.empty(0, np.int64)
         return PairResult(empty, empty.copy(), np.empty(0, np.float32),

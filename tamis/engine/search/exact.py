@@ -24,7 +24,15 @@ from ...errors import ConfigError, InputError
 from .refine import refine_neighbours, rescore_pairs
 from .registry import SearchEngine, SearchOptions, check_positive_int, register
 from .rows import canonical_dot, tile_dtype, tile_margin
-from .tiles import collect_above, pair_strip, parallel_map, plan_for, spans, topk_tiles
+from .tiles import (
+    PairBudget,
+    collect_above,
+    pair_strip,
+    parallel_map,
+    plan_for,
+    spans,
+    topk_tiles,
+)
 
 __all__ = ["ExactEngine", "pairs_in_block", "exact_pairs", "exact_neighbours", "exact_rows",
            "n_candidates", "sort_pairs"]
@@ -52,7 +60,8 @@ def sort_pairs(found: list, n: int, xp: Any) -> tuple[np.ndarray, np.ndarray, np
 
 def pairs_in_block(Xa: Any, Xb: Any, offset_a: int, offset_b: int, threshold: float, xp: Any, *,
                    upper: bool = False, memory_bytes: int | None = None, block_rows: int | None = None,
-                   progress: Callable[[int], Any] | None = None) -> tuple[Any, Any, Any]:
+                   progress: Callable[[int], Any] | None = None,
+                   max_pairs: int | None = None) -> tuple[Any, Any, Any]:
     """Pairs between two blocks of rows: the unit of work of the exact engine (local and Dask).
 
     ``Xa[r]`` is global row ``offset_a + r``, ``Xb[r]`` global row ``offset_b + r``. With
@@ -72,9 +81,10 @@ def pairs_in_block(Xa: Any, Xb: Any, offset_a: int, offset_b: int, threshold: fl
     dtype = tile_dtype(Xa, xp, plan.pair_dtype == "float16")
     rows, cols = plan.tile_shape(memory, block_rows, np.dtype(dtype).itemsize)
     cutoff = threshold - tile_margin(int(Xa.shape[1]), dtype)
+    budget = PairBudget(max_pairs, threshold)
 
     def strip(span: tuple[int, int]) -> tuple[Any, Any, Any]:
-        r, c = pair_strip(Xa, Xb, span, offset_a, offset_b, cutoff, upper, cols, dtype, xp)
+        r, c = pair_strip(Xa, Xb, span, offset_a, offset_b, cutoff, upper, cols, dtype, xp, budget)
         ra, cb, s = rescore_pairs(Xa, Xb, r - offset_a, c - offset_b, threshold, xp)
         if progress is not None:
             progress(span[1] - span[0])
@@ -89,7 +99,7 @@ def pairs_in_block(Xa: Any, Xb: Any, offset_a: int, offset_b: int, threshold: fl
 def exact_pairs(X: Any, threshold: float, opt: SearchOptions,
                 block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a, b, s = pairs_in_block(X, X, 0, 0, threshold, opt.xp, upper=True, memory_bytes=opt.memory_bytes,
-                             block_rows=block_rows, progress=opt.progress)
+                             block_rows=block_rows, progress=opt.progress, max_pairs=opt.max_pairs)
     return sort_pairs([(a, b, s)], int(X.shape[0]), opt.xp)
 
 

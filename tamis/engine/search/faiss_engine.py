@@ -41,7 +41,7 @@ from .registry import (
     register,
 )
 from .rows import canonical_dot, tile_margin
-from .tiles import collect_above, plan_for
+from .tiles import PairBudget, collect_above, plan_for
 
 log = logging.getLogger("tamis")
 
@@ -195,10 +195,12 @@ class FaissEngine(SearchEngine):
 
         def search() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             found = []
+            budget = PairBudget(opt.max_pairs, threshold)
             for s in range(0, n, QUERY_BLOCK):
                 lims, _, I = index.range_search(host[s:s + QUERY_BLOCK], radius)
                 rows = np.repeat(np.arange(s, min(n, s + QUERY_BLOCK)), np.diff(lims.astype(np.int64)))
                 keep = I > rows                                      # each pair once, never self
+                budget.take(int(keep.sum()))
                 a, b = xp.asarray(rows[keep]), xp.asarray(I[keep].astype(np.int64))
                 found.append(rescore_pairs(X, X, a, b, threshold, xp))
                 if opt.progress is not None:

@@ -47,7 +47,7 @@ from .registry import (
     register,
 )
 from .rows import canonical_dot, tile_dtype, tile_margin
-from .tiles import pair_strip, parallel_map, plan_for, spans
+from .tiles import PairBudget, pair_strip, parallel_map, plan_for, spans
 
 log = logging.getLogger("tamis")
 
@@ -86,6 +86,7 @@ def _bucket_pairs(X: Any, threshold: float, cents: Any, probes: int, slack: floa
     rows_per_tile, cols = plan.tile_shape(memory, None, np.dtype(dtype).itemsize)
     members_all, home_count, start = bucket_members(X, cents, probes, slack, plan, memory, xp)
     cutoff = threshold - tile_margin(d, dtype)
+    budget = PairBudget(opt.max_pairs, threshold)
 
     def bucket(b: int) -> tuple[int, Any, Any]:
         h = home_count[b]
@@ -93,7 +94,7 @@ def _bucket_pairs(X: Any, threshold: float, cents: Any, probes: int, slack: floa
         P = X[members]
         rows, cols_found = [], []
         for span in spans(h, rows_per_tile):
-            r, c = pair_strip(P, P, span, 0, 0, cutoff, True, cols, dtype, xp)
+            r, c = pair_strip(P, P, span, 0, 0, cutoff, True, cols, dtype, xp, budget)
             rows.append(members[r])
             cols_found.append(members[c])
         return h, rows, cols_found

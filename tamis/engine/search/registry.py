@@ -47,6 +47,8 @@ class SearchOptions:
     state: dict = field(default_factory=dict)
     #: engine-specific parameters (e.g. ``n_buckets``, ``n_probe``, ``index``)
     params: dict = field(default_factory=dict)
+    #: the most candidate pairs a pair search may hold (None: no limit); see ``tiles.PairBudget``
+    max_pairs: int | None = None
 
     @property
     def device(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from ...errors import PairLimitError
 from ...kernels.pairs import compact_pairs
 from ...kernels.topk import empty_topk, merge_topk
 
@@ -99,10 +101,37 @@ def _blas_threads(n: int) -> Any:
 
 
 # ------------------------------------------------------------------------------ pairs
+class PairBudget:
+    """The most candidate pairs one search may hold (``None``: no limit), counted as the tiles
+    yield them (thread-safe: strips run on several threads), so a threshold that gives too
+    many pairs stops with a :class:`~tamis.errors.PairLimitError` long before memory runs out."""
+
+    def __init__(self, limit: int | None, threshold: float):
+        self.limit = limit
+        self.threshold = threshold
+        self.taken = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        if self.limit is None or not n:
+            return
+        with self._lock:
+            self.taken += int(n)
+            over = self.taken > self.limit
+        if over:
+            raise PairLimitError(
+                f"threshold {self.threshold:g} gives more than {self.limit:,} pairs (the scan's pair budget, "
+                "max_pairs; each pair costs about 100 bytes on the way through the checks): raise the threshold "
+                "(--threshold, or the check's own), or raise the budget (--max-pairs) on a machine with the memory",
+                self.threshold, self.limit)
+
+
 def pair_strip(A: Any, B: Any, span: tuple[int, int], offset_a: int, offset_b: int, cutoff: float,
-               upper: bool, tile_cols: int, dtype: str, xp: ModuleType) -> tuple[Any, Any]:
+               upper: bool, tile_cols: int, dtype: str, xp: ModuleType,
+               budget: PairBudget | None = None) -> tuple[Any, Any]:
     """Global (rows, cols) of the entries ``>= cutoff`` of ``A[r0:r1] @ B.T`` (one tile of
-    ``tile_cols`` columns at a time); with ``upper``, only global col > global row."""
+    ``tile_cols`` columns at a time); with ``upper``, only global col > global row. Each
+    tile's candidates are counted against ``budget``."""
     r0, r1 = span
     n_b = int(B.shape[0])
     g0 = offset_a + r0
@@ -114,9 +143,11 @@ def pair_strip(A: Any, B: Any, span: tuple[int, int], offset_a: int, offset_b: i
         S = Am @ as_tile(B, c0, c0 + tile_cols, dtype).T
         touches_diagonal = upper and offset_b + c0 < offset_a + r1
         r, c, _ = compact_pairs(S, g0, offset_b + c0, cutoff, touches_diagonal, xp)
+        del S
+        if budget is not None:
+            budget.take(int(r.shape[0]))
         rows.append(r)
         cols.append(c)
-        del S
     return xp.concatenate(rows), xp.concatenate(cols)
 
 

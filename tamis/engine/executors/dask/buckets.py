@@ -49,7 +49,7 @@ from ...search.kmeans import bucket_members, probe_order, spherical_kmeans
 from ...search.recall import knn_recall, recall_against, recall_sample
 from ...search.refine import block_scorer, refine_neighbours
 from ...search.registry import KNN_RECALL, PAIR_RECALL
-from ...search.tiles import plan_for
+from ...search.tiles import PairBudget, plan_for
 from .partitions import Partition
 from .tasks import (
     TASK_MEMORY_BYTES,
@@ -93,7 +93,7 @@ def assign_partition(spec: ReadSpec, part: Partition, n_valid: int, centroids: n
 
 def bucket_pair_block(spec: ReadSpec, a: Partition, b: Partition, n_valid: tuple[int, int],
                       offsets: tuple[int, int], assigned: tuple[dict, dict],
-                      threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      threshold: float, max_pairs: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (valid-row ids, ``row_a < row_b``) between partitions ``a`` and ``b`` found inside buckets."""
     backend = worker_backend(spec.device)
     xp = backend.xp
@@ -107,13 +107,14 @@ def bucket_pair_block(spec: ReadSpec, a: Partition, b: Partition, n_valid: tuple
         hb, mb = _bucket(eb, k)
         if same:
             if len(ha) and len(ma) > 1:
-                r, c, s = pairs_in_block(xa[xp.asarray(ha)], xa[xp.asarray(ma)], 0, 0, threshold, xp, upper=True)
+                r, c, s = pairs_in_block(xa[xp.asarray(ha)], xa[xp.asarray(ma)], 0, 0, threshold, xp, upper=True,
+                                         max_pairs=max_pairs)
                 found.append((ma[backend.to_host(r)], ma[backend.to_host(c)], backend.to_host(s)))
             continue
         for rows_a, rows_b in ((ha, mb), (ma, hb)):
             if len(rows_a) and len(rows_b):
                 r, c, s = pairs_in_block(xa[xp.asarray(rows_a)], xb[xp.asarray(rows_b)], 0, len(rows_a), threshold,
-                                         xp)
+                                         xp, max_pairs=max_pairs)
                 r, c, s = backend.to_host(r), backend.to_host(c), backend.to_host(s)
                 found.append((rows_a[r], rows_b[c - len(rows_a)], s))
     if not found:
@@ -238,10 +239,11 @@ def bucket_pairs_on(builder, ctx, parts, counts, offsets, threshold: float):
         builder.state.pop(("buckets", len(ctx.valid_rows)))
         n_buckets, probe_threshold, assigned = _centroids(builder, ctx, parts, counts, offsets, threshold)
     jobs = [(bucket_pair_block, (builder.spec, parts[i], parts[j], (counts[i], counts[j]), (offsets[i], offsets[j]),
-                                 (assigned["pairs"][i], assigned["pairs"][j]), float(threshold)),
+                                 (assigned["pairs"][i], assigned["pairs"][j]), float(threshold), ctx.max_pairs),
              f"pairs-{threshold}-{parts[i].index}-{parts[j].index}")
             for i in range(len(parts)) for j in range(i, len(parts))]
-    a, b, s = sort_pairs(builder.run(jobs, "pair search"), len(ctx.valid_rows), np)
+    found = builder.run(jobs, "pair search", budget=PairBudget(ctx.max_pairs, threshold))
+    a, b, s = sort_pairs(found, len(ctx.valid_rows), np)
     recall, n_true = _pair_recall(builder, parts, counts, offsets, a, b, threshold)
     if recall < PAIR_RECALL:
         log.warning("distributed ivf pairs: sample recall %.4f < %.2f; use engine='exact' for every pair",

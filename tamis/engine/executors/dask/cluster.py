@@ -32,6 +32,7 @@ from ....errors import ConfigError, TamisError
 from ....io.store import ColumnSpec, Store
 from ...search.exact import sort_pairs
 from ...search.registry import choose
+from ...search.tiles import PairBudget
 from .. import Executor
 from .blocked import DiskMatrix
 from .partitions import Partition, open_partitioned
@@ -80,9 +81,9 @@ class DaskExecutor(Executor):
             from .buckets import bucket_pairs_on
             return bucket_pairs_on(self, ctx, parts, counts, offsets, threshold)
         jobs = [(pair_block, (self.spec, parts[i], parts[j], (counts[i], counts[j]), (offsets[i], offsets[j]),
-                              float(threshold)), f"pairs-{threshold}-{parts[i].index}-{parts[j].index}")
+                              float(threshold), ctx.max_pairs), f"pairs-{threshold}-{parts[i].index}-{parts[j].index}")
                 for i in range(len(parts)) for j in range(i, len(parts))]
-        found = self.run(jobs, "pair search")
+        found = self.run(jobs, "pair search", budget=PairBudget(ctx.max_pairs, threshold))
         return (*sort_pairs(found, len(ctx.valid_rows), np), {"engine": "exact", "exact": True, "recall": 1.0})
 
     def knn(self, ctx, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -133,10 +134,11 @@ class DaskExecutor(Executor):
         self.engines[what] = chosen
         return chosen
 
-    def run(self, jobs: list[tuple[Callable, tuple, str]], what: str) -> list[Any]:
+    def run(self, jobs: list[tuple[Callable, tuple, str]], what: str, budget: PairBudget | None = None) -> list[Any]:
         """Submit ``(function, args, name)`` jobs, return their results in order.
 
-        Keys carry the scan's token, so two scans on one cluster never share results.
+        Keys carry the scan's token, so two scans on one cluster never share results. With a
+        pair ``budget``, each result's pairs (its first array) are counted as it arrives.
         """
         from distributed import as_completed
 
@@ -146,6 +148,8 @@ class DaskExecutor(Executor):
         results: list[Any] = [None] * len(futures)
         try:
             for future, result in as_completed(futures, with_results=True):
+                if budget is not None:
+                    budget.take(len(result[0]))
                 results[index[future.key]] = result
                 future.release()
         except TamisError:

@@ -158,7 +158,7 @@ def _atomic_save(path: str, rows: np.ndarray) -> None:
 
 # ---------------------------------------------------------------------------- exact engines
 def pair_block(spec: ReadSpec, a: Partition, b: Partition, n_valid: tuple[int, int], offsets: tuple[int, int],
-               threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               threshold: float, max_pairs: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (valid-row ids) between partitions ``a`` and ``b`` with similarity >= ``threshold``.
 
     ``offsets`` are the partitions' valid-row offsets; ``a == b`` searches the upper triangle.
@@ -168,7 +168,8 @@ def pair_block(spec: ReadSpec, a: Partition, b: Partition, n_valid: tuple[int, i
     xp = worker_backend(spec.device).xp
     xa = xp.asarray(load_partition(spec, a, n_valid[0]))
     xb = xa if a.index == b.index else xp.asarray(load_partition(spec, b, n_valid[1]))
-    r, c, s = pairs_in_block(xa, xb, offsets[0], offsets[1], threshold, xp, upper=a.index == b.index)
+    r, c, s = pairs_in_block(xa, xb, offsets[0], offsets[1], threshold, xp, upper=a.index == b.index,
+                             max_pairs=max_pairs)
     return _host(r), _host(c), _host(s)
 
 
