@@ -12,7 +12,14 @@ from ._version import __version__
 from .checks import REGISTRY as CHECKS
 from .config import ColumnSpec, ScanConfig
 from .engine.backend import Backend, gpu_available, resolve_backend
-from .errors import ConfigError, DeviceError, InputError, OutputError, PairLimitError, TamisError
+from .errors import (
+    ConfigError,
+    DeviceError,
+    InputError,
+    OutputError,
+    PairLimitError,
+    TamisError,
+)
 from .io.readers import load_store
 from .io.store import Store
 from .pipeline import scan

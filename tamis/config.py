@@ -227,6 +227,17 @@ class ScanConfig:
     def validate(self) -> "ScanConfig":
         validate_params("scan", {name: getattr(self, name) for name in self._parameter_constraints},
                         self._parameter_constraints)
+        if self.checks is not None and (not isinstance(self.checks, (list, tuple))
+                                        or not all(isinstance(c, str) for c in self.checks)):
+            raise ConfigError(f"checks={self.checks!r} is not a list of check names; pass e.g. checks=['invalid', "
+                              "'near_duplicate'] or a comma-separated string")
+        if not isinstance(self.params, dict) or not all(isinstance(k, str) and isinstance(v, dict)
+                                                        for k, v in self.params.items()):
+            raise ConfigError(f"params={self.params!r} is not a dict of check name -> dict of parameters; pass e.g. "
+                              "params={'outlier': {'iqr_factor': 3.0}}")
+        if not isinstance(self.search_params, dict):
+            raise ConfigError(f"search_params={self.search_params!r} is not a dict of engine parameters; pass e.g. "
+                              "search_params={'n_buckets': 500}")
         if self.checks is not None and not self.checks:
             raise ConfigError("checks=[] names no check; leave it out to run every check that applies")
         return self

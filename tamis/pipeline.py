@@ -89,10 +89,10 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
     started = time.perf_counter()
     if isinstance(checks, str):
         checks = [c.strip() for c in checks.split(",") if c.strip()]
-    config = ScanConfig(device=device if isinstance(device, str) else device.name, checks=checks,
-                        params=dict(params or {}), precision=precision, projection=projection,
+    config = ScanConfig(device=device.name if isinstance(device, Backend) else device, checks=checks,
+                        params={} if params is None else params, precision=precision, projection=projection,
                         projection_dims=projection_dims, threshold=threshold, engine=engine, k=k,
-                        search_params=dict(search_params or {}), columns=ColumnSpec.of(columns),
+                        search_params={} if search_params is None else search_params, columns=ColumnSpec.of(columns),
                         max_pairs=max_pairs).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
     if out is not None:   # an unwritable --out fails now, not after the scan
@@ -147,12 +147,19 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
         if store.embeddings is not None:
             with ctx.timed("normalise"):
                 ctx.valid  # noqa: B018 - build the normalised matrix once, timed on its own
+            if not ctx.valid.any():   # not an error: every row is reported invalid, the rest have nothing to see
+                reason = (f"leaves rows with unusable embeddings out, and all {ctx.n} rows have one (NaN, inf or "
+                          "all zeros): check how the embeddings were computed and saved")
+                for check in [c for c in runnable if not c.uses_invalid_rows]:
+                    runnable.remove(check)
+                    skipped.append({"check": check.name, "reason": reason})
+                    log.warning("skipping %s: it %s", check.name, reason)
         for check in runnable:
             log.info("running %s", check.name)
             with ctx.timed(f"check:{check.name}"):
                 results[check.name] = check.run(ctx)
         projection = _project(ctx, config) if config.projection != "none" and store.embeddings is not None \
-            else None
+            and ctx.valid.sum() >= 2 else None
     timings.update(ctx.timings)
 
     timings["total"] = time.perf_counter() - started  # the scan itself; writing is timed apart

@@ -372,3 +372,63 @@ def test_the_default_budget_follows_the_machine():
 
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert default_max_pairs() == max(1_000_000, int(total * PAIR_MEMORY_SHARE / BYTES_PER_PAIR))
+
+
+# ---------------------------------------------------------------------- rough messages and silent semantics
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(device=None), "device=None"), (dict(params={"outlier": 3}), "params=.*dict of check name"),
+    (dict(params=[1]), "params=\\[1\\]"), (dict(checks=3), "checks=3 is not a list"),
+    (dict(search_params=[1]), "search_params=\\[1\\]"),
+])
+def test_wrong_argument_types_are_named_errors(small_columns, kwargs, match):
+    with pytest.raises(tamis.TamisError, match=match):
+        tamis.scan(small_columns, **kwargs)
+
+
+@pytest.mark.parametrize("content", [b"hello, this is text\n", b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94."])
+def test_a_file_named_npz_that_is_not_one_gets_no_unpickling_advice(tmp_path, content):
+    (tmp_path / "s.npz").write_bytes(content)
+    proc = _cli("scan", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r"), "--device", "cpu", "--no-projection")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "not an .npz archive" in proc.stderr and "allow_pickle" not in proc.stderr
+
+
+def test_a_corrupt_parquet_footer_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"embeddings": [[1.0, 2.0]] * 4}), tmp_path / "s.parquet")
+    data = (tmp_path / "s.parquet").read_bytes()
+    (tmp_path / "s.parquet").write_bytes(data[:-12] + b"\x00" * 8 + data[-4:])
+    proc = _cli("scan", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "r"), "--device", "cpu", "--no-projection")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_duplicate_ids_are_refused():
+    emb = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    with pytest.raises(tamis.InputError, match="holds the id 'a' 3 times .*rows 0, 2, 4.*make them unique"):
+        tamis.scan({"embeddings": emb, "ids": np.array(["a", "b", "a", "b", "a", "c"])}, device="cpu")
+
+
+def test_a_store_with_no_usable_embedding_is_not_an_error(tmp_path):
+    emb = np.full((20, 4), np.nan, dtype=np.float32)
+    emb[3] = 0
+    labels = np.arange(20) % 3
+    report = tamis.scan({"embeddings": emb, "labels": labels}, device="cpu", out=tmp_path / "r", projection="pca")
+    assert report.counts() == {"invalid": 20} and report.exclusions.num_rows == 20
+    skipped = {s["check"]: s["reason"] for s in report.summary["checks_skipped"]}
+    assert "class_imbalance" in skipped and "all 20 rows" in skipped["class_imbalance"]
+    asked = tamis.scan({"embeddings": emb, "labels": labels}, device="cpu", checks=["class_imbalance"])
+    assert asked.counts() == {} and asked.summary["checks_skipped"][0]["check"] == "class_imbalance"
+
+
+def test_float64_embeddings_near_the_ends_of_the_range_are_usable():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(40, 8))
+    emb = np.concatenate([base[:20] * 1e300, base[20:] * 1e-300])
+    emb[39] = emb[38] * 3.0                          # the same direction: a near (exact) duplicate
+    report = tamis.scan(emb, device="cpu", checks=["invalid", "near_duplicate"])
+    assert report.counts()["invalid"] == 0
+    assert {38, 39} <= set(np.flatnonzero(report.flags("near_duplicate")))
+    plain = tamis.scan(base.astype(np.float32), device="cpu", checks=["invalid"])
+    assert plain.counts()["invalid"] == 0

@@ -62,6 +62,9 @@ class Check:
     #: at least one of these inputs must be present too (e.g. embeddings or pred_probs)
     requires_any: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: whether the check looks at rows with unusable embeddings (only ``invalid`` does; the others
+    #: leave them out, and a store with no usable row skips them)
+    uses_invalid_rows: ClassVar[bool] = False
     #: how the report shows the flagged rows (:mod:`.views`); default: cards, with the split
     gallery: ClassVar[View] = Samples(fields=(Field("split", "split"),))
     #: summary cards the report shows for this check's tables or summary (:mod:`.views`)

@@ -15,6 +15,7 @@ class InvalidEmbedding(Check):
     name = "invalid"
     requires = ("embeddings",)
     description = "embeddings that are NaN, inf or all zeros"
+    uses_invalid_rows = True
     _parameter_constraints = {}
 
     def __init__(self) -> None:

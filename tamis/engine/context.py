@@ -126,24 +126,22 @@ class RunContext:
             return np.ones(self.n, dtype=bool), None
         xp, n, d = self.xp, emb.shape[0], emb.shape[1]
         block = max(1, NORMALISE_BLOCK_BYTES // (8 * max(d, 1)))
-        norms = np.empty(n, dtype=np.float64)
+        m, r = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
         with self.progress.task("check embeddings", total=2 * n) as advance:
-            for start in range(0, n, block):  # pass 1: squared norms in float64 (no overflow)
+            for start in range(0, n, block):  # pass 1: the scale of every row, in float64
                 part = emb[start:start + block]
-                norms[start:start + block] = self.backend.to_host(squared_norms(part, xp))
+                pm, pr = row_scales(part, xp)
+                m[start:start + block], r[start:start + block] = self.backend.to_host(pm), self.backend.to_host(pr)
                 advance(len(part))
-            valid = np.isfinite(norms) & (norms > 0)
-            if not valid.any():
-                raise InputError(f"{self.store.source}: none of the {n} embeddings is usable (every row is NaN, "
-                                 "inf or all zeros); check how the embeddings were computed and saved")
+            valid = usable(m, r, np)
             rows = np.flatnonzero(valid)
             out = self.executor.allocate((len(rows), d), self.config.precision, xp)
-            inv = 1.0 / np.sqrt(norms[rows])
+            m, r = m[rows], r[rows]
             contiguous = len(rows) == n
             for start in range(0, len(rows), block):  # pass 2: normalised valid rows, in order
                 take = rows[start:start + block]
                 part = emb[start:start + len(take)] if contiguous else emb[take]
-                out[start:start + len(take)] = scaled_rows(part, inv[start:start + block], xp)
+                out[start:start + len(take)] = scaled_rows(part, m[start:start + block], r[start:start + block], xp)
                 advance(len(take))
             advance(n - len(rows))
         if not valid.all():
@@ -201,12 +199,28 @@ class RunContext:
         return value
 
 
-def squared_norms(rows: Any, xp: Any) -> Any:
-    """Squared L2 norm of each row, in float64 (no overflow); row by row, so the same for any block."""
+def row_scales(rows: Any, xp: Any) -> tuple[Any, Any]:
+    """``(m, r)`` per row, in float64: ``m`` the largest ``|x|`` and ``r`` the L2 norm of ``x / m``, so the
+    norm is ``m r`` without overflow or underflow (float64 rows near 1e300 or 1e-300 stay usable).
+    A row is usable when both are finite and positive (NaN / inf entries give NaN / inf; zeros give 0).
+    Row by row, so the same bits for any block and on every worker."""
     part = xp.asarray(rows, dtype=xp.float64)
-    return xp.einsum("ij,ij->i", part, part)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        m = xp.max(xp.abs(part), axis=1) if part.shape[1] else xp.zeros(part.shape[0])
+        unit = part / xp.where(m > 0, m, 1.0)[:, None]
+        r = xp.sqrt(xp.einsum("ij,ij->i", unit, unit))
+    return m, r
 
 
-def scaled_rows(rows: Any, inverse_norms: Any, xp: Any) -> Any:
-    """``rows * inverse_norms`` in float32: the normalised rows, bit for bit the same on every worker."""
-    return xp.asarray(rows, dtype=xp.float32) * xp.asarray(inverse_norms, dtype=xp.float32)[:, None]
+def usable(m: Any, r: Any, xp: Any) -> Any:
+    """Rows whose :func:`row_scales` are finite and positive."""
+    return xp.isfinite(m) & (m > 0) & xp.isfinite(r) & (r > 0)
+
+
+def scaled_rows(rows: Any, m: Any, r: Any, xp: Any) -> Any:
+    """The usable ``rows`` L2-normalised: ``(x / m) / r`` in float64, then float32; bit for bit the
+    same on every worker."""
+    part = xp.asarray(rows, dtype=xp.float64)
+    m = xp.asarray(m, dtype=xp.float64)[:, None]
+    r = xp.asarray(r, dtype=xp.float64)[:, None]
+    return ((part / m) / r).astype(xp.float32)

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from ..config import ColumnSpec  # noqa: F401  (readers name columns with it)
 from ..errors import InputError
+from .labels import encode
 
 #: names of the inputs a check can require
 INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs", "quality")
@@ -89,6 +90,8 @@ class Store:
             value = getattr(self, name)
             if value is not None:
                 _check_no_nulls(value, self._col(name), self.source)
+        if self.ids is not None:
+            _check_unique(self.ids, self._col("ids"), self.source)
         for name in ("paths", "ids"):   # the lines of exclude.txt: one value, one line
             value = getattr(self, name)
             if value is not None:
@@ -146,6 +149,20 @@ def _check_no_nulls(array: pa.Array, col: str, source: str) -> None:
 #: control characters and line separators (what ``str.splitlines`` splits on among them) that would
 #: split or hide a line of exclude.txt
 CONTROL_CHARACTERS = "[\\x00-\\x1f\\x7f\\x{85}\\x{2028}\\x{2029}]"
+
+
+def _check_unique(array: pa.Array, col: str, source: str) -> None:
+    """Ids name rows in the tables and, without paths, in exclude.txt: two rows with one id would
+    make a filter on it drop both."""
+    if pc.count_distinct(array).as_py() == len(array):
+        return
+    codes, names = encode(array)
+    counts = np.bincount(codes, minlength=len(names))
+    worst = int(np.argmax(counts))
+    rows = np.flatnonzero(codes == worst)[:3].tolist()
+    raise InputError(f"{source}: column {col!r} holds the id {names[worst]!r} {int(counts[worst]):,} times (rows "
+                     f"{', '.join(map(str, rows))}, ...) and {int((counts > 1).sum()):,} ids more than once; ids name "
+                     "rows in exclude.txt and the tables: make them unique, or name another column with --id-col")
 
 
 def _check_one_line(array: pa.Array, col: str, source: str) -> None:

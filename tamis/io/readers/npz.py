@@ -15,6 +15,7 @@ comes from the member's header, without loading it.
 
 from __future__ import annotations
 
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,11 @@ class NpzReader(Reader):
         return self.partitions(n_rows, max(1, n_rows))
 
     def _open(self) -> np.lib.npyio.NpzFile:
+        if self.path.is_file() and not zipfile.is_zipfile(self.path):   # numpy would advise unpickling it
+            raise InputError(f"{self.path}: cannot read this file: it is not an .npz archive (a zip of .npy arrays, as "
+                             "np.savez writes); "
+                             "it may be a pickle, a text file or a truncated download: write it with np.savez, "
+                             "or give it the suffix of what it is")
         try:
             archive = np.load(self.path, allow_pickle=False)
         except Exception as exc:  # noqa: BLE001 - zipfile, OSError and ValueError all mean unreadable

@@ -3,7 +3,7 @@
 Every task reads the partitions it needs itself (:func:`load_partition`): the raw rows
 through the store's reader (:func:`~tamis.engine.executors.dask.partitions.read_partition`,
 converted as a local load converts them), then the same validity test and normalisation as
-a single-process scan (:func:`tamis.engine.context.squared_norms`,
+a single-process scan (:func:`tamis.engine.context.row_scales`,
 :func:`~tamis.engine.context.scaled_rows`), so a partition's valid rows are bit for bit the
 rows of ``ctx.embeddings`` at the partition's valid-row offset. The normalised rows are cached twice on the worker: the last
 two partitions in memory, and every partition it has read in a file under the worker's
@@ -42,7 +42,7 @@ import numpy as np
 
 from ....errors import InputError
 from ...backend import Backend, resolve_backend
-from ...context import NORMALISE_BLOCK_BYTES, scaled_rows, squared_norms
+from ...context import NORMALISE_BLOCK_BYTES, row_scales, scaled_rows, usable
 from ...search.exact import exact_rows, pairs_in_block
 from ...search.recall import true_pairs
 from ...search.refine import block_scorer
@@ -113,10 +113,10 @@ def normalise_partition(raw: np.ndarray, precision: str) -> np.ndarray:
     parts = []
     for start in range(0, len(raw), block):
         chunk = raw[start:start + block]
-        norms = squared_norms(chunk, np)
-        valid = np.isfinite(norms) & (norms > 0)
+        m, r = row_scales(chunk, np)
+        valid = usable(m, r, np)
         rows = chunk if valid.all() else chunk[valid]
-        parts.append(scaled_rows(rows, 1.0 / np.sqrt(norms[valid]), np).astype(precision, copy=False))
+        parts.append(scaled_rows(rows, m[valid], r[valid], np).astype(precision, copy=False))
     return np.concatenate(parts) if parts else np.empty((0, raw.shape[1]), dtype=precision)
 
 
