@@ -90,6 +90,11 @@ def _as_vector(value: Any, col: str, src: str, numeric: bool = False) -> pa.Arra
                 raise InputError(f"{src}: column {col!r} mixes value types ({exc}); use one type") from exc
         else:
             value = pa.array(arr)
+    try:   # a damaged file can hold offsets out of range or bytes that are no UTF-8
+        value.validate(full=True)
+    except (pa.ArrowInvalid, pa.ArrowException) as exc:
+        raise InputError(f"{src}: column {col!r} is damaged ({' '.join(str(exc).split())}); write the store "
+                         "again") from exc
     if pa.types.is_dictionary(value.type):
         value = value.dictionary_decode()
     if numeric:
