@@ -22,6 +22,7 @@ from .config import (
     DEVICES,
     ENGINES,
     PRECISIONS,
+    PROJECTION_DIMS,
     PROJECTIONS,
     coerce,
 )
@@ -110,7 +111,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="map of the embeddings for report.html (default: %(default)s: UMAP when umap-learn is "
                         "installed, else PCA)")
     p.add_argument("--no-projection", action="store_true", help="no map (same as --projection none)")
-    p.add_argument("--projection-dims", type=int, choices=(2, 3), default=DEFAULTS.projection_dims,
+    p.add_argument("--projection-dims", type=int, choices=PROJECTION_DIMS, default=DEFAULTS.projection_dims,
                    help="2-D or 3-D map")
     p.add_argument("--plots", action="store_true", help="also write PNG plots (needs matplotlib)")
     p.add_argument("--image-root", metavar="DIR",
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
-    level = logging.WARNING if getattr(args, "quiet", False) else \
+    level = logging.ERROR if getattr(args, "quiet", False) else \
         logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="tamis: %(message)s", stream=sys.stderr)
     # a local Dask cluster logs every start and stop at INFO; read when Dask is first imported
@@ -157,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, _Terminated)
-        print(f"tamis: {'terminated' if terminated else 'interrupted'}; the report folder holds the previous "
-              "report or none, never a part of this one", file=sys.stderr)
+        print(f"tamis: {'terminated' if terminated else 'interrupted'}; the report folder holds one whole report "
+              "(the previous one or this one) or none, never a mix", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as exc:  # noqa: BLE001 - the one place internal errors are turned into exit code 1
         if debug:
@@ -190,7 +191,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     params = _parse_params(args.param)
     if args.command == "demo":
         from .demo import write_demo_store
+        from .report.folder import check_destination
 
+        check_destination(args.out, plots=args.plots, image_root=args.image_root)   # before the demo store is written
         store, references, _ = write_demo_store(Path(args.out))
         source, columns = str(store), None
         if args.references is None and (args.checks is None or "off_topic" in args.checks.split(",")):

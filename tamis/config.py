@@ -29,6 +29,8 @@ DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("float32", "float16")
 #: map methods; "auto" = UMAP when umap-learn is installed, else PCA; "none" = no map
 PROJECTIONS = ("auto", "umap", "tsne", "pca", "none")
+#: the map's dimensions
+PROJECTION_DIMS = (2, 3)
 #: the similarity search's engines (tamis.engine.search registers one class per name but "auto")
 ENGINES = ("auto", "exact", "ivf", "faiss")
 #: neighbours per row in the shared neighbour graph when neither a check nor the scan names k
@@ -217,7 +219,7 @@ class ScanConfig:
         "device": Options(DEVICES),
         "precision": Options(PRECISIONS),
         "projection": Options(PROJECTIONS),
-        "projection_dims": Options((2, 3)),
+        "projection_dims": Options(PROJECTION_DIMS),
         "threshold": Interval(float, 0, 1, closed="right"),
         "engine": Options(ENGINES),
         "k": Interval(int, 1, None, none_ok=True),

@@ -7,6 +7,7 @@ reason. Asking for a check by name whose inputs are missing is an error.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import platform
@@ -26,7 +27,7 @@ from .engine.progress import Progress
 from .errors import ConfigError
 from .io.readers import load_store
 from .io.store import Store
-from .report.folder import check_destination, write_report
+from .report.folder import check_destination, destination, replace_report
 from .report.model import Report
 
 log = logging.getLogger("tamis")
@@ -97,6 +98,19 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
     if out is not None:   # an unwritable --out fails now, not after the scan
         check_destination(out, source, plots=plots, image_root=image_root)
+    with destination(out) if out is not None else contextlib.nullcontext() as folder:
+        report = _scan(source, config, selected, device, progress, client, workers, scheduler, partition_rows,
+                       started)
+        if folder is not None:
+            t0 = time.perf_counter()
+            replace_report(report, folder, plots=plots, image_root=image_root)
+            report.summary["timings"]["write"] = time.perf_counter() - t0
+    return report
+
+
+def _scan(source: Any, config: ScanConfig, selected: list, device: Any, progress: bool, client: Any, workers: Any,
+          scheduler: Any, partition_rows: Any, started: float) -> Report:
+    """Load the store (here or as partitions on a Dask cluster) and run the scan."""
     distributed = client is not None or workers is not None or scheduler is not None
     if distributed and config.search_params:
         raise ConfigError(f"search parameters {sorted(config.search_params)} apply to single-process scans; a Dask "
@@ -114,15 +128,10 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
         store = load_store(source, config.columns)
     timings["load"] = time.perf_counter() - t0
     try:
-        report = _run(store, backend, config, selected, session, progress, timings, started)
+        return _run(store, backend, config, selected, session, progress, timings, started)
     finally:
         if session is not None:
             session.close()
-    if out is not None:
-        t0 = time.perf_counter()
-        write_report(report, out, plots=plots, image_root=image_root)
-        report.summary["timings"]["write"] = time.perf_counter() - t0
-    return report
 
 
 def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, session: Any, progress: bool,

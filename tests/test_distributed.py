@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import tamis
+from tamis.config import ColumnSpec
 from tamis.engine.executors.dask.blocked import DiskMatrix
 from tamis.io import readers
 from tamis.io.readers import open_partitioned
-from tamis.io.store import ColumnSpec
 
 from .test_reader_registry import TextReader
 

@@ -15,7 +15,7 @@ import pytest
 import tamis
 from tamis.checks import REGISTRY
 from tamis.checks.base import Check, CheckResult
-from tamis.checks.views import Field, Groups, Table
+from tamis.checks.views import Field, Groups, Pairs, Table
 
 PACKAGE = Path(tamis.__file__).parent
 
@@ -79,9 +79,8 @@ def test_no_import_goes_up_a_floor():
     assert upward == []
 
 
-def test_no_import_cycle():
-    modules = _modules()
-    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
+    """Every import circle a depth-first walk of ``graph`` closes, as ``a -> b -> a``."""
     cycles, state = [], {}
 
     def visit(node: str, stack: list[str]) -> None:
@@ -98,7 +97,12 @@ def test_no_import_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [])
-    assert cycles == []
+    return cycles
+
+
+def test_no_import_cycle():
+    modules = _modules()
+    assert _cycles({name: _imports(name, path, modules) for name, path in modules.items()}) == []
 
 
 def test_the_walk_sees_lazy_imports_and_cycles(tmp_path):
@@ -107,6 +111,8 @@ def test_the_walk_sees_lazy_imports_and_cycles(tmp_path):
     modules["tamis.report.model"].write_text("def save():\n    from .folder import write_report\n")
     assert _imports("tamis.report.model", modules["tamis.report.model"], modules) == {"tamis.report.folder"}
     assert _floor("tamis.engine.search.ivf") == 3 and _floor("tamis.engine.backend") == 1
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_the_views_never_name_a_check():
@@ -118,9 +124,19 @@ def test_the_views_never_name_a_check():
         for view in (cls.gallery, *cls.panels):
             names.update(v for k, v in view.as_dict().items() if k in ("table", "facts") and v)
     names -= {"samples", "groups", "pairs", "crosstab", "histogram", "table"}   # the views' own kinds
+    for cls in REGISTRY.values():   # the columns the views name
+        for view in (cls.gallery, *cls.panels):
+            spec = view.as_dict()
+            names.update(f["column"] for f in list(spec.get("fields") or []) + [spec.get("field") or {}] if f)
+            names.update(c[0] for c in list(spec.get("member_columns") or []) + list(spec.get("fact_columns") or []))
+            names.update([spec["where"][0]] if spec.get("where") else [])
+    names -= {"label", "split", "kind"}   # every report's own columns, and the views' kind key
     named = [(file, name) for file, text in texts.items() for name in sorted(names)
              if re.search(rf"[\"']{name}[\"']", text)]
     assert named == []
+    by_literal = [(file, m.group(0)) for file, text in texts.items()
+                  for m in re.finditer(r"tables(\.get\(|\[)\s*[\"'][^\"']+[\"']", text)]
+    assert by_literal == [], "a view reads a table by name"
 
 
 # ---------------------------------------------------------------------- a new check, declared once
@@ -168,10 +184,32 @@ class Tagged(Check):
                            columns={"tag": np.where(flags, "third", None).astype(object)})
 
 
+class Twins(Check):
+    """Rows i and i + 20 of the toy store are twins; each row has a camera of its own."""
+
+    name = "twins"
+    requires = ("embeddings",)
+    description = "rows twenty apart"
+    gallery = Pairs(table="twins", value="closeness", field=Field("camera", "camera"))
+
+    def __init__(self):
+        pass
+
+    def _run(self, ctx) -> CheckResult:
+        a = np.arange(0, ctx.n // 2)
+        flags = np.zeros(ctx.n, dtype=bool)
+        flags[a + ctx.n // 2] = True
+        table = pa.table({"row_a": a, "row_b": a + ctx.n // 2, "closeness": np.linspace(0.5, 1.0, len(a))})
+        cameras = np.array([f"cam{i % 3}" for i in range(ctx.n)], dtype=object)
+        return CheckResult(flags=flags, scores=np.where(flags, 0.0, 1.0), tables={"twins": table},
+                           columns={"camera": cameras})
+
+
 @pytest.fixture()
 def with_new_checks(monkeypatch):
     monkeypatch.setitem(REGISTRY, Clumps.name, Clumps)
     monkeypatch.setitem(REGISTRY, Tagged.name, Tagged)
+    monkeypatch.setitem(REGISTRY, Twins.name, Twins)
 
 
 def _page_data(html: Path) -> dict:
@@ -186,8 +224,8 @@ def test_a_new_check_reaches_the_report_through_its_declaration(with_new_checks,
     emb[:, 0] = np.repeat(np.arange(10), 4) * 3.0          # ten clumps of four
     emb[36:, 0] = [100.0, 103.0, 106.0, 109.0]             # the last four are alone
     out = tmp_path / "report"
-    report = tamis.scan({"embeddings": emb}, device="cpu", checks=["clumps", "tagged"], out=out)
-    assert report.counts() == {"clumps": 36, "tagged": 14}
+    report = tamis.scan({"embeddings": emb}, device="cpu", checks=["clumps", "tagged", "twins"], out=out)
+    assert report.counts() == {"clumps": 36, "tagged": 14, "twins": 20}
     data = _page_data(out / "report.html")
     gallery = data["galleries"]["clumps"]
     assert gallery["kind"] == "groups" and gallery["exclude"] == "group"
@@ -195,6 +233,9 @@ def test_a_new_check_reaches_the_report_through_its_declaration(with_new_checks,
     panel = next(p for p in data["panels"] if p["check"] == "clumps")
     assert panel["kind"] == "table" and panel["columns"] == ["group_id", "size"] and len(panel["rows"]) == 9
     assert data["fields"]["tag"]["caption"] == "tag"
+    assert data["fields"]["camera"]["names"] == ["cam0", "cam1", "cam2"]
+    twins = data["galleries"]["twins"]
+    assert twins["kind"] == "pairs" and twins["n_total"] == 20 and twins["field"]["column"] == "camera"
     assert (out / "clumps.parquet").is_file() and (out / "clump_sizes.parquet").is_file()
 
 
@@ -211,7 +252,7 @@ def test_a_new_check_shows_in_the_browser(with_new_checks, tmp_path):
     emb = np.random.default_rng(3).normal(size=(40, 8)).astype(np.float32)
     emb[:, 0] = np.repeat(np.arange(10), 4) * 3.0
     out = tmp_path / "report"
-    tamis.scan({"embeddings": emb}, device="cpu", checks=["clumps", "tagged"], out=out)
+    tamis.scan({"embeddings": emb}, device="cpu", checks=["clumps", "tagged", "twins"], out=out)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -227,6 +268,9 @@ def test_a_new_check_shows_in_the_browser(with_new_checks, tmp_path):
             assert "tag: third" in page.page.locator("#galleries .pane[data-issue='tagged'] .card").first.inner_text()
             page.js("tamisReport.select(3)")
             assert page.page.locator("#panel-fields [data-field=tag]").inner_text() == "third"
+            page.page.click("#galleries .tabs button[data-issue='twins']")
+            first = page.page.locator("#galleries .pane[data-issue='twins'] .group").first
+            assert "closeness 1.0000" in first.inner_text() and "cam1 \u2194 cam0" in first.inner_text()  # rows 19 and 39
             assert page.errors == []
         finally:
             browser.close()

@@ -19,7 +19,6 @@ import pytest
 
 import tamis
 from tamis import ColumnSpec
-from tamis.engine.executors.dask.partitions import read_partition
 from tamis.io import readers
 from tamis.io.readers import Reader, load_store, open_partitioned
 from tamis.io.readers.parquet import RowGroups
@@ -110,10 +109,10 @@ def _assert_partitions_read_the_store(path: Path, partition_rows: int) -> None:
     column, dim = lazy.embeddings.column, lazy.embeddings.shape[1]
     for part in parts:
         shipped = pickle.loads(pickle.dumps(part))          # what a worker gets
-        rows = read_partition(shipped, column, dim)
+        rows = shipped.reader.read_partition(shipped, column, dim)
         assert rows.dtype == raw.dtype
         np.testing.assert_array_equal(rows, raw[part.row0:part.row0 + part.n_rows])   # NaN rows included
-        pieces = [read_partition(piece, column, dim) for piece in shipped.pieces()]
+        pieces = [piece.reader.read_partition(piece, column, dim) for piece in shipped.pieces()]
         np.testing.assert_array_equal(np.concatenate(pieces), rows)
     assert lazy.embeddings.dtype == raw.dtype and lazy.embeddings.shape == raw.shape
     np.testing.assert_array_equal(np.asarray(lazy.embeddings), raw)

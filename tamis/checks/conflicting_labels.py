@@ -27,9 +27,9 @@ class ConflictingLabels(Check):
     name = "conflicting_labels"
     requires = ("embeddings", "labels")
     description = "near-duplicate groups whose members carry different labels"
-    gallery = Groups(table="groups", where=("conflicting", True), facts="conflicts",
+    gallery = Groups(table="conflict_members", facts="conflicts",
                      fact_columns=(("label_counts", "labels", "counts"), ("majority_label", "majority", "text")),
-                     score_caption="own-label share", exclude="group")
+                     score_caption="own-label share", exclude="copies")
     _parameter_constraints = {
         "threshold": Interval(float, 0, 1, closed="right", none_ok=True),
         "policy": Options(("exclude_group", "keep_majority")),
@@ -86,8 +86,13 @@ class ConflictingLabels(Check):
             ("group_id", pa.int64()), ("size", pa.int64()), ("n_labels", pa.int64()),
             ("majority_label", pa.string()), ("majority_share", pa.float64()), ("entropy_bits", pa.float64()),
             ("label_counts", pa.string())]))
+        members = np.flatnonzero(flags)
+        gone = np.zeros(ctx.n, dtype=bool)
+        gone[excluded] = True
+        member_table = pa.table({"group_id": pa.array(groups.group_of[members], pa.int64()),
+                                 "row": pa.array(members, pa.int64()), "keep": pa.array(~gone[members], pa.bool_())})
         summary = {"threshold": float(threshold), "n_groups": len(rows_out), "n_rows": int(flags.sum()),
                    "n_excluded": int(len(excluded)), "policy": self.policy,
                    "groups": sorted(rows_out, key=lambda r: (-r["size"], r["group_id"]))[:20]}
-        return CheckResult(flags=flags, scores=scores, summary=summary, tables={"conflicts": table},
-                           exclude=excluded)
+        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded,
+                           tables={"conflicts": table, "conflict_members": member_table})

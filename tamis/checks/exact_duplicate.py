@@ -26,7 +26,7 @@ class ExactDuplicate(Check):
     name = "exact_duplicate"
     requires = ("embeddings",)
     description = "bit-identical embeddings, and the same path listed more than once"
-    gallery = Groups(table="groups", where=("kind", "exact"))
+    gallery = Groups(table="exact_groups")
     _parameter_constraints = {"keep": Options(KEEP_POLICIES)}
 
     def __init__(self, keep: str = "first") -> None:
@@ -48,7 +48,11 @@ class ExactDuplicate(Check):
         excluded = np.flatnonzero(flags & ~keep)
         summary = {"n_groups": int(groups.n_groups), "n_rows": int(flags.sum()), "n_excluded": int(len(excluded)),
                    "largest_group": int(groups.sizes().max()) if groups.n_groups else 0}
-        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded)
+        members = groups.rows[flags[groups.rows]]
+        table = pa.table({"group_id": pa.array(groups.group_of[members], pa.int64()),
+                          "row": pa.array(members, pa.int64()), "keep": pa.array(keep[members], pa.bool_())})
+        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded,
+                           tables={"exact_groups": table})
 
 
 def _identical_rows(ctx, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

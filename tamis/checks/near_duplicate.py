@@ -45,7 +45,7 @@ class NearDuplicate(Check):
     name = "near_duplicate"
     requires = ("embeddings",)
     description = "pairs and groups of rows with cosine similarity >= threshold"
-    gallery = Groups(table="groups")
+    gallery = Groups(table="groups", member_columns=(("kind", "copies"), ("conflicting", "labels differ")))
     panels = (Histogram(title="Near-duplicate similarity", key="histogram", marker="threshold",
                         x_label="cosine similarity", y_label="pairs",
                         note="Pairs per cosine-similarity bin (log scale); the line is the threshold: pairs at or "

@@ -56,14 +56,17 @@ class Groups(View):
     """Flagged rows grouped by ``table``'s ``group_id`` (members ``row``; ``keep`` marks the one kept).
 
     ``where``: keep only table rows whose column equals the value (``("kind", "exact")``).
+    ``member_columns``: columns of the table itself that head each group, as ``(column, caption)``:
+    a bool column shows its caption when any member is true, another its distinct values.
     ``facts``: a table keyed by ``group_id`` whose columns head each group, as
     ``(column, caption, format)``; format ``"text"``, ``"number"`` or ``"counts"`` (a JSON
     object ``{"a": 3}`` shown as ``a x3``). ``exclude``: what the group's button excludes,
-    ``"copies"`` (every member but the kept one) or ``"group"`` (all members).
+    ``"copies"`` (the members whose ``keep`` is false: all but the kept one) or ``"group"``.
     """
 
     table: str = "groups"
     where: tuple | None = None
+    member_columns: tuple[tuple[str, str], ...] = ()
     facts: str | None = None
     fact_columns: tuple[tuple[str, str, str], ...] = ()
     score_caption: str = "score"

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..config import ColumnSpec  # noqa: F401  (readers name columns with it)
 from ..errors import InputError
 from .labels import encode
 

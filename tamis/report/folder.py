@@ -16,10 +16,12 @@ Files (the public contract, pinned in ``tests/test_outputs.py``):
 
 :func:`write_report` replaces a report folder as one unit: it takes the folder's lock
 (``.tamis.lock``; a second scan into the same folder at the same time is an
-:class:`~tamis.errors.OutputError`), writes every file into a staging folder inside it, sets the
-old ``summary.json`` aside (``.tamis-summary-old.json``), moves the new files in, removes the
-files the old report listed that the new one does not (and staging folders a killed run left),
-and moves ``summary.json`` in last. So a folder holding a ``summary.json`` holds one whole
+:class:`~tamis.errors.OutputError`; a scan holds it from before its first check to the end of
+its write, :func:`destination`), writes every file into a staging folder inside it, sets the
+old ``summary.json`` aside (``.tamis-summary-old.json``), writes a journal of the files it moves
+in (``.tamis-incoming.json``), moves the new files in, removes the files the old report listed
+that the new one does not (and, from a killed run's journal, the files it had moved in, and its
+staging folders), and moves ``summary.json`` in last. So a folder holding a ``summary.json`` holds one whole
 report, the old one or the new one: a run killed at any point leaves the old report, the new one,
 or a folder without ``summary.json`` that no reader takes for a report (the next scan cleans it).
 Files tamis did not write are left alone. Every table, ``knn.npz`` and ``summary.json`` carry the
@@ -55,11 +57,12 @@ from ..io.knn_file import KNN_FILE, load_knn_rows, save_knn
 from .html import write_html_report
 from .model import Report
 from .plots import check_plots, write_plots
-from .thumbnails import check_image_root
+from .thumbnails import THUMBS_STAGING, check_image_root
 
 FIXED_FILES = ("samples.parquet", "exclude.parquet", "exclude.txt", "summary.json")
 LOCK = ".tamis.lock"
 OLD_SUMMARY = ".tamis-summary-old.json"
+INCOMING = ".tamis-incoming.json"
 STAGING_PREFIX = ".tamis-staging-"
 #: the Parquet schema metadata key (and knn.npz array) that ties a file to its summary.json
 REPORT_ID = "tamis.report_id"
@@ -71,25 +74,50 @@ def write_report(report: Report, out: str | os.PathLike, *, html: bool = True, p
     unit (see the module docstring); return its path. ``html`` writes ``report.html`` (thumbnails
     of images under ``image_root``, default the store's folder, go to ``thumbs/``); ``plots``
     writes PNG plots (needs matplotlib). An :class:`~tamis.errors.OutputError` names the path and
-    the reason when the folder cannot be written."""
+    the reason when the folder cannot be written, or another scan is writing it."""
+    with destination(out) as folder:
+        return replace_report(report, folder, html=html, plots=plots, image_root=image_root)
+
+
+@contextmanager
+def destination(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold the report folder ``out`` for a whole scan: created if needed and locked (``flock`` on
+    ``.tamis.lock``: a second scan into it meanwhile is an :class:`~tamis.errors.OutputError`, and
+    the kernel releases the lock when the process dies). A folder this created is removed again
+    when the scan fails. Output ``OSError`` s become ``OutputError`` s naming the path."""
     target = Path(out)
     created = not target.exists()
     try:
-        out = output_folder(target)
-        with _locked(out):
-            return _replace(report, out, html=html, plots=plots, image_root=image_root)
+        folder = output_folder(target)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        if created:
-            _remove_if_empty(target)
-        if isinstance(exc, OutputError):
+        raise _output_error(exc, target) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputError(f"{folder}: another tamis scan is writing this report folder right now; wait "
+                                  "for it to finish or give another folder (--out DIR)") from exc
+            raise _output_error(exc, target) from exc
+        try:
+            yield folder
+        except BaseException as exc:
+            if created:   # still locked: nobody else can be using it
+                _remove_if_empty(folder)
+            if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+                raise _output_error(exc, target) from exc
             raise
-        where = exc.filename or target
-        raise OutputError(f"cannot write the report to {target}: {exc.strerror or exc} ({where}); free space or "
-                          "choose a folder you can write (--out DIR)") from exc
-    except BaseException:
-        if created:
-            _remove_if_empty(target)
-        raise
+    finally:
+        os.close(fd)
+
+
+def _output_error(exc: OSError, target: Path) -> OutputError:
+    if isinstance(exc, OutputError):
+        return exc
+    where = exc.filename or target
+    return OutputError(f"cannot write the report to {target}: {exc.strerror or exc} ({where}); free space or "
+                       "choose a folder you can write (--out DIR)")
 
 
 def check_destination(out: str | os.PathLike, source: object = None, *, plots: bool = False,
@@ -123,11 +151,15 @@ def check_destination(out: str | os.PathLike, source: object = None, *, plots: b
         check_image_root(image_root)
 
 
-def _replace(report: Report, out: Path, *, html: bool, plots: bool, image_root) -> Path:
+def replace_report(report: Report, out: Path, *, html: bool = True, plots: bool = False,
+                   image_root: str | os.PathLike | None = None) -> Path:
+    """Replace the report in folder ``out``, which the caller holds (:func:`destination`)."""
     report_id = uuid.uuid4().hex
     old = _listed(out)
-    for stale in out.glob(STAGING_PREFIX + "*"):   # left by a killed run (we hold the lock)
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.iterdir():   # left by a killed run (we hold the lock): staging, swapped-out folders
+        if stale.name.startswith((STAGING_PREFIX, THUMBS_STAGING)) or \
+                (stale.name.startswith(".") and "-old-" in stale.name):
+            _remove(stale)
     with staged_folder(out, prefix=STAGING_PREFIX) as stage:
         write_parquet(stage / "samples.parquet", _stamped(report.samples, report_id))
         write_parquet(stage / "exclude.parquet", _stamped(report.exclusions, report_id))
@@ -149,6 +181,8 @@ def _replace(report: Report, out: Path, *, html: bool, plots: bool, image_root) 
         names += sorted(extra)
         files = list(FIXED_FILES) + names
         write_json(stage / "summary.json", dict(report.summary, report_id=report_id, files=files))
+        # the journal: what this run moves in, so a run killed half way is cleaned by the next one
+        write_json(out / INCOMING, {"files": files})
         if (out / "summary.json").exists():   # from here on the folder is no report until the new one is whole
             os.replace(out / "summary.json", out / OLD_SUMMARY)
         for name in files:
@@ -158,19 +192,27 @@ def _replace(report: Report, out: Path, *, html: bool, plots: bool, image_root) 
             _remove(out / name)
         move_into_place(stage / "summary.json", out / "summary.json")   # the commit mark, last
     (out / OLD_SUMMARY).unlink(missing_ok=True)
+    (out / INCOMING).unlink(missing_ok=True)
     return out
 
 
 def _listed(out: Path) -> list[str]:
-    """The files the report in ``out`` lists (its summary.json, or the one set aside by a run that
-    was killed while replacing it)."""
-    for name in ("summary.json", OLD_SUMMARY):
+    """Every file a report of ``out`` owns: those its summary.json lists (or the one a killed run
+    set aside), and those a killed run's journal says it was moving in."""
+    owned: list[str] = []
+    for name in ("summary.json", OLD_SUMMARY, INCOMING):
         try:
             files = json.loads((out / name).read_text(encoding="utf-8")).get("files", [])
         except (OSError, ValueError, AttributeError):
             continue
-        return [f for f in files if isinstance(f, str) and f and "/" not in f and f not in (".", "..")]
-    return []
+        owned += [f for f in files if _plain_name(f) and f not in owned]
+    return owned
+
+
+def _plain_name(name: object) -> bool:
+    """A file name inside the folder (no path, no parent): the only names a report may list."""
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and \
+        name not in (".", "..") and "\x00" not in name
 
 
 def _remove(path: Path) -> None:
@@ -181,29 +223,13 @@ def _remove(path: Path) -> None:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    """Remove a folder this write created, when nothing but its lock is in it."""
+    """Remove a folder this scan created, when nothing but its lock is in it (called holding the lock)."""
     try:
-        (folder / LOCK).unlink(missing_ok=True)
-        folder.rmdir()
+        if {p.name for p in folder.iterdir()} <= {LOCK}:
+            (folder / LOCK).unlink(missing_ok=True)
+            folder.rmdir()
     except OSError:
         pass
-
-
-@contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold ``out``'s lock (``flock``: released by the kernel when the process dies) while writing."""
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise OutputError(f"{out}: another tamis scan is writing this report folder right now; wait for "
-                                  "it to finish or give another folder (--out DIR)") from exc
-            raise
-        yield
-    finally:
-        os.close(fd)
 
 
 def _stamped(table: pa.Table, report_id: str) -> pa.Table:
@@ -219,8 +245,15 @@ def read_report(folder: str | os.PathLike) -> Report:
     if not summary_path.is_file():
         raise InputError(f"{folder}: no summary.json here; is this a folder written by tamis scan (a scan killed "
                          "while writing leaves none: scan again)?")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    files = summary.get("files", [])
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{folder}: summary.json cannot be read ({exc}); the folder is not a whole report: "
+                         "scan again") from exc
+    files = summary.get("files", []) if isinstance(summary, dict) else None
+    if not isinstance(files, list) or not all(_plain_name(name) for name in files):
+        raise InputError(f"{folder}: summary.json's file list is not a list of file names in the folder; the "
+                         "folder is not a report tamis wrote: scan again")
     missing = [name for name in files if not (folder / name).exists()]
     if missing:
         raise InputError(f"{folder}: summary.json lists {missing[0]}, which is not there; the folder is not a whole "

@@ -281,9 +281,11 @@ def _gallery(report: Report, spec: dict) -> dict:
         table = _where(table, spec.get("where"))
     if kind == "groups" and table is not None and table.num_rows and \
             {"group_id", "row"} <= set(table.column_names):
-        out = {**spec, "group_id": _ints(table, "group_id", np.int32), "row": _ints(table, "row", np.int32),
-               "keep": _ints(table, "keep", np.uint8), "facts": _facts(report, spec)}
-        return out
+        facts = _member_facts(table, spec)
+        for gid, more in (_facts(report, spec) or {}).items():
+            facts.setdefault(gid, []).extend(more)
+        return {**spec, "group_id": _ints(table, "group_id", np.int32), "row": _ints(table, "row", np.int32),
+                "keep": _ints(table, "keep", np.uint8), "facts": facts}
     if kind == "pairs" and table is not None and table.num_rows and \
             {"row_a", "row_b", spec.get("value")} <= set(table.column_names):
         value = _floats(table[spec["value"]])
@@ -293,6 +295,27 @@ def _gallery(report: Report, spec: dict) -> dict:
                 "values": _b64(value[order]), "n_total": table.num_rows}
     fields = spec.get("fields") if kind == "samples" else ([spec["field"]] if spec.get("field") else [])
     return {"kind": "samples", "fields": fields or [], "score_caption": spec.get("score_caption", "score")}
+
+
+def _member_facts(table: pa.Table, spec: dict) -> dict:
+    """group id -> ``[[caption, text], ...]`` from the gallery table's own ``member_columns``: a bool
+    column gives its caption when any member is true, another its distinct values."""
+    out: dict[str, list] = {}
+    columns = [(c, caption) for c, caption in spec.get("member_columns") or [] if c in table.column_names]
+    if not columns:
+        return out
+    for row in table.group_by("group_id").aggregate([(c, "distinct") for c, _ in columns]).to_pylist():
+        facts = []
+        for column, caption in columns:
+            values = sorted(v for v in row[f"{column}_distinct"] if v is not None)
+            if values and all(isinstance(v, bool) for v in values):
+                if True in values:
+                    facts.append([caption, ""])
+            elif values:
+                facts.append([caption, ", ".join(_text(v) for v in values)])
+        if facts:
+            out[str(row["group_id"])] = facts
+    return out
 
 
 def _facts(report: Report, spec: dict) -> dict | None:
@@ -325,7 +348,7 @@ def _fields(samples: pa.Table, galleries: list[dict]) -> dict:
     caption, codes into ``names`` and the names, for the cards and the side panel."""
     out: dict[str, dict] = {}
     for gallery in galleries:
-        for field in gallery.get("fields") or []:
+        for field in list(gallery.get("fields") or []) + ([gallery["field"]] if gallery.get("field") else []):
             column = field["column"]
             if column in out or column in ("label", "split") or column not in samples.column_names:
                 continue

@@ -47,7 +47,10 @@ def write_plots(report: Report, out_dir: str | os.PathLike, coords: Any = None) 
         draw = DRAW.get(panel.get("kind"))
         if draw is not None:
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{panel['check']}_{panel.get('table') or panel.get('key')}")
-            plots.append((f"{name}.png", lambda fig, panel=panel, draw=draw: draw(fig, report, panel)))
+            taken = {n for n, _ in plots}
+            unique = next(f"{name}{'' if i == 1 else f'_{i}'}.png" for i in range(1, len(plots) + 2)
+                          if f"{name}{'' if i == 1 else f'_{i}'}.png" not in taken)
+            plots.append((unique, lambda fig, panel=panel, draw=draw: draw(fig, report, panel)))
     written = []
     for name, draw in plots:
         fig = Figure(figsize=(8, 6), dpi=120)

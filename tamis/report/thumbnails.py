@@ -31,6 +31,8 @@ MAX_ATTEMPTS_PER_THUMBNAIL = 5
 #: images larger than this are not opened for thumbnails
 MAX_IMAGE_BYTES = 64 << 20
 THUMBS_DIR = "thumbs"
+#: the prefix of the folder thumbnails are made in before they replace ``thumbs/``
+THUMBS_STAGING = ".thumbs-"
 
 
 def image_root(report: Report, image_root: str | os.PathLike | None) -> Path | None:
@@ -115,7 +117,7 @@ def make_thumbnails(report: Report, out: Path, root: Path | None, limit: int,
     paths = report.samples["path"].to_pylist()
     order = _thumbnail_order(report)[:MAX_ATTEMPTS_PER_THUMBNAIL * limit + 1000]
     made: list[int] = []
-    with staged_folder(out, prefix=".thumbs-") as stage:
+    with staged_folder(out, prefix=THUMBS_STAGING) as stage:
         def one(row: int) -> int | None:
             real = resolve_inside(root, paths[row])
             if real is None:

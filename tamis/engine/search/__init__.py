@@ -33,10 +33,9 @@ import numpy as np
 
 from ...errors import ConfigError
 
-# every engine module registers its class on import; after the registry, in listing order
-from . import exact, faiss_engine, ivf  # noqa: E402, F401, I001
+# every engine module registers its class (with the registry) on import, in listing order
+from . import exact, faiss_engine, ivf  # noqa: F401
 from .registry import (
-    ENGINES,
     SearchOptions,
     check_unit,
     choose,
@@ -173,4 +172,3 @@ def knn_graph(X: Any, k: int = 10, *, engine: str = "auto", xp: ModuleType | Non
     return NeighbourResult(idx, sims, info)
 
 
-_ = ENGINES  # re-exported for introspection: tamis.engine.search.registry.ENGINES

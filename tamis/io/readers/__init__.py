@@ -16,7 +16,7 @@ Formats
 - memory (:mod:`.memory`): a NumPy / CuPy matrix, a dict of columns, a pandas / cuDF
   DataFrame or a pyarrow Table.
 
-Column names are found by :class:`~tamis.io.store.ColumnSpec` or, when not given, by the
+Column names are found by :class:`~tamis.config.ColumnSpec` or, when not given, by the
 usual names (:data:`ALIASES`); :mod:`.columns` turns columns into validated arrays.
 """
 
@@ -26,8 +26,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ...config import ColumnSpec
 from ...errors import InputError
-from ..store import ColumnSpec, Store
+from ..store import Store
 from .arrow import ARROW_SUFFIXES, ArrowReader
 from .base import PARTITION_BYTES, Partition, Reader
 from .columns import ALIASES, MATRIX_INPUTS, choose_columns, convert_columns

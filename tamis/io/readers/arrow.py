@@ -67,10 +67,11 @@ class ArrowReader(Reader):
 
     def _file(self, names: list[str] | None = None) -> ipc.RecordBatchFileReader | None:
         """A random-access reader of the file format (only the columns ``names``), or None for a stream."""
-        try:
-            schema = ipc.open_file(pa.memory_map(str(self.path))).schema
+        try:   # one memory map, whose pages the OS shares and reclaims; closed with the reader
+            source = pa.memory_map(str(self.path))
+            schema = ipc.open_file(source).schema
             fields = None if names is None else [schema.get_field_index(n) for n in names]
-            return ipc.open_file(pa.memory_map(str(self.path)), options=ipc.IpcReadOptions(included_fields=fields))
+            return ipc.open_file(source, options=ipc.IpcReadOptions(included_fields=fields))
         except Exception:  # noqa: BLE001 - the stream format (or not Arrow at all: _table says so)
             return None
 

@@ -30,8 +30,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from ...config import ColumnSpec
 from ...errors import InputError
-from ..store import ColumnSpec, Store
+from ..store import Store
 from .columns import choose_columns, convert_columns, from_columns
 from .lazy import PartitionedMatrix
 

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ...config import ColumnSpec
 from ...errors import InputError
-from ..store import ColumnSpec, Store
+from ..store import Store
 
 #: input name -> (ColumnSpec field, names tried in order when the column is not named)
 ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -9,9 +9,8 @@ or gather a few rows (``m[rows]``): each access returns a fresh NumPy array of t
 asked for.
 
 :class:`BlockedMatrix` is the generic part (indexing on top of one ``_read(start, stop)``).
-It lives here, below the engine, because readers may not import the Dask executor
-(:mod:`tamis.engine.executors.dask.blocked`, whose ``DiskMatrix`` is the other subclass,
-still has its own copy).
+It lives here, below the engine, because readers may not import the Dask executor; the
+executor's ``DiskMatrix`` (:mod:`tamis.engine.executors.dask.blocked`) is its other subclass.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ from typing import Any, Mapping
 
 import pyarrow as pa
 
+from ...config import ColumnSpec
 from ...errors import InputError
-from ..store import ColumnSpec, Store
+from ..store import Store
 from .columns import choose_columns, from_columns, table_columns
 
 

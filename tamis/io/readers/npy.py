@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ...config import ColumnSpec
 from ...errors import InputError
-from ..store import ColumnSpec
 from .base import Reader, slice_rows
 
 #: the one column of a .npy store, as the report names it

@@ -192,7 +192,15 @@
   }
 
   // ------------------------------------------------------------------ declared panels
-  const panelId = (p) => "panel-" + p.check + "-" + (p.table || p.key);
+  const panelIds = new Set();
+  function panelId(p) {   // unique even when one check declares two panels of one table
+    const base = "panel-" + p.check + "-" + (p.table || p.key);
+    let id = base;
+    for (let i = 2; panelIds.has(id) && id !== p._id; i++) id = base + "-" + i;
+    panelIds.add(id);
+    p._id = id;
+    return id;
+  }
 
   function crosstabCard(p) {
     const card = h("div", null, h("h2", { text: p.title }));
@@ -712,8 +720,8 @@
       const targets = spec.exclude === "copies" && copies.length ? copies : g.rows.slice();
       const head = h("div", { class: "group-head" }, h("strong", { text: "Group " + g.id }),
         h("span", { text: g.rows.length + " rows" }));
-      for (const [caption, text] of facts[String(g.id)] || []) head.append(h("span", { class: "muted", text: caption + ": " + text }));
-      head.append(excludeButton(targets, spec.exclude === "copies" ? "Exclude copies" : "Exclude group"));
+      for (const [caption, text] of facts[String(g.id)] || []) head.append(h("span", { class: "muted", text: text ? caption + ": " + text : caption }));
+      head.append(excludeButton(targets, targets.length < g.rows.length ? "Exclude copies" : "Exclude group"));
       const cards = h("div", { class: "cards" });
       g.rows.forEach((r, i) => cards.append(card(r, spec.exclude === "copies" && g.keep[i] ? [sub("kept", "kept")] : scoreLine(spec, name)(r))));
       return h("div", { class: "group", "data-group": String(g.id) }, head, cards);

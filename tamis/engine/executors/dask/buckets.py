@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from ....io.readers import Partition
 from ....kernels.topk import empty_topk, merge_topk
 from ...search.exact import n_candidates, pairs_in_block, sort_pairs
 from ...search.ivf import KMEANS_ITERS, KNN_PROBES, PAIR_ROUNDS, SAMPLE_ROWS
@@ -50,7 +51,6 @@ from ...search.recall import knn_recall, recall_against, recall_sample
 from ...search.refine import block_scorer, refine_neighbours
 from ...search.registry import KNN_RECALL, PAIR_RECALL
 from ...search.tiles import PairBudget, plan_for
-from .partitions import Partition
 from .tasks import (
     TASK_MEMORY_BYTES,
     ReadSpec,

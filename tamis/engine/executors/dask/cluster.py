@@ -28,14 +28,15 @@ from typing import Any, Callable
 import numpy as np
 
 from ...._optional import has_module, optional_import
+from ....config import ColumnSpec
 from ....errors import ConfigError, TamisError
-from ....io.store import ColumnSpec, Store
+from ....io.readers import Partition, open_partitioned
+from ....io.store import Store
 from ...search.exact import sort_pairs
 from ...search.registry import choose
 from ...search.tiles import PairBudget
 from .. import Executor
 from .blocked import DiskMatrix
-from .partitions import Partition, open_partitioned
 from .tasks import ReadSpec, drop_cache, knn_partition, pair_block
 
 log = logging.getLogger("tamis")

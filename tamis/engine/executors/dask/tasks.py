@@ -1,7 +1,7 @@
 """The work a Dask worker does: pure functions of (partitions, parameters), safe to re-run.
 
 Every task reads the partitions it needs itself (:func:`load_partition`): the raw rows
-through the store's reader (:func:`~tamis.engine.executors.dask.partitions.read_partition`,
+through the store's reader (:meth:`tamis.io.readers.base.Reader.read_partition`,
 converted as a local load converts them), then the same validity test and normalisation as
 a single-process scan (:func:`tamis.engine.context.row_scales`,
 :func:`~tamis.engine.context.scaled_rows`), so a partition's valid rows are bit for bit the
@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,13 +40,14 @@ from typing import Any
 import numpy as np
 
 from ....errors import InputError
+from ....io.atomic import atomic_path
+from ....io.readers import Partition
 from ...backend import Backend, resolve_backend
 from ...context import NORMALISE_BLOCK_BYTES, row_scales, scaled_rows, usable
 from ...search.exact import exact_rows, pairs_in_block
 from ...search.recall import true_pairs
 from ...search.refine import block_scorer
 from ...search.rows import tile_dtype
-from .partitions import Partition, read_partition
 
 #: partitions kept in memory per worker process (the two a pair block needs)
 MEMORY_CACHE = 2
@@ -92,7 +92,7 @@ def load_partition(spec: ReadSpec, part: Partition, n_valid: int) -> np.ndarray:
     if path is not None and os.path.exists(path):
         rows = np.load(path)
     else:   # piece by piece (Parquet: row group by row group): one raw piece in memory at a time
-        rows = np.concatenate([normalise_partition(read_partition(piece, spec.column, spec.dim), spec.precision)
+        rows = np.concatenate([normalise_partition(piece.reader.read_partition(piece, spec.column, spec.dim), spec.precision)
                                for piece in part.pieces()])
         if path is not None:
             _atomic_save(path, rows)
@@ -145,15 +145,8 @@ def _cache_folder(token: str, create: bool = True) -> str | None:
 
 
 def _atomic_save(path: str, rows: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, rows)
 
 
 # ---------------------------------------------------------------------------- exact engines
