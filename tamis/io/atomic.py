@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,9 +82,15 @@ def move_into_place(new: Path, target: Path) -> None:
             old.unlink(missing_ok=True)
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process umask (reading it means setting it: one thread at a time, or two threads could
+    leave it at 0)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
 
 
