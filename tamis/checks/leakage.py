@@ -13,6 +13,7 @@ leak rate: leaked rows of the evaluation split over its size.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from ..config import Interval, Options
 from ..engine.artifacts import pairs_at, resolve_threshold
@@ -27,7 +28,7 @@ class Leakage(Check):
     name = "leakage"
     requires = ("embeddings", "split")
     description = "near copies that cross splits (train vs val / test)"
-    gallery = Pairs(table="pairs", value="similarity", where=("cross_split", True), field=Field("split", "split"))
+    gallery = Pairs(table="leaks", value="similarity", field=Field("split", "split"))
     _parameter_constraints = {
         "threshold": Interval(float, 0, 1, closed="right", none_ok=True),
         "exclude": Options(("eval", "train", "none")),
@@ -71,7 +72,9 @@ class Leakage(Check):
                    "n_excluded": int(len(excluded)), "exclude": self.exclude,
                    "evaluation_order": [str(names[i]) for i in np.argsort(rank, kind="stable")],
                    "split_pairs": per_pair}
-        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded)
+        leaks = pa.table({"row_a": pa.array(a, pa.int64()), "row_b": pa.array(b, pa.int64()),
+                          "similarity": pa.array(sim, pa.float32()), "eval_row": pa.array(eval_row, pa.int64())})
+        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded, tables={"leaks": leaks})
 
 
 def _eval_rank(names: list, sizes: np.ndarray) -> np.ndarray:
