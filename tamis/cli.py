@@ -1,7 +1,8 @@
 """The ``tamis`` command line.
 
-Exit codes: 0 done, 2 bad input or usage (one line on stderr, no traceback), 1 internal
-error (one line; ``--debug`` shows the traceback).
+Exit codes: 0 done, 3 done but a ``--fail-on`` condition holds (one line per condition), 2 bad
+input, usage or output (one line on stderr, no traceback), 130 / 143 interrupted / terminated,
+1 internal error (one line; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pairs", type=int, default=DEFAULTS.max_pairs, metavar="N",
                    help="the most near-duplicate pairs the scan may hold (default: a quarter of this machine's "
                         "memory at ~100 bytes a pair); more is an error that says to raise the threshold")
+    p.add_argument("--fail-on", metavar="CONDITIONS",
+                   help="exit 3 after writing the report when a condition holds, e.g. "
+                        "'leakage>0,label_error>2%%,near_duplicate>=1000' (counts or shares of the rows)")
     p.add_argument("--k", type=int, default=None, metavar="K",
                    help=f"neighbours per row in the shared neighbour graph (default: {DEFAULT_K})")
     p.add_argument("--references", metavar="STORE",
@@ -211,10 +215,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                   threshold=args.threshold, engine=_engine(args), search_params=params.pop("search", {}),
                   projection="none" if args.no_projection else args.projection,
                   projection_dims=args.projection_dims, plots=args.plots, image_root=args.image_root,
-                  columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out)
+                  columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out,
+                  fail_on=args.fail_on)
     if not args.quiet:
         _print_summary(report, Path(args.out))
-    return 0
+    failures = report.gate_failures()
+    for line in failures:
+        print(f"tamis: fail-on: {line}", file=sys.stderr)
+    return 3 if failures else 0
 
 
 def _print_summary(report, out: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -254,3 +255,47 @@ class ScanConfig:
 
 #: the defaults, for signatures and help texts that show them (never a second copy of a value)
 DEFAULTS = ScanConfig()
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One ``--fail-on`` condition: issue ``name`` ``op`` ``limit`` (a count, or a share of the rows
+    when ``percent``)."""
+
+    name: str
+    op: str
+    limit: float
+    percent: bool = False
+
+    def __str__(self) -> str:
+        value = f"{self.limit:g}%" if self.percent else f"{self.limit:g}"
+        return f"{self.name}{self.op}{value}"
+
+    def violated(self, count: int, n_rows: int) -> bool:
+        value = 100.0 * count / max(1, n_rows) if self.percent else count
+        return {">": value > self.limit, ">=": value >= self.limit}[self.op]
+
+
+def parse_fail_on(text: str | list | None) -> list[Condition]:
+    """``"leakage>0,label_error>2%,near_duplicate>=1000"`` as conditions (a list of such strings
+    too). A scan fails (CLI exit 3) when any holds: "fail on more than"."""
+    if text is None:
+        return []
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    out = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        match = _CONDITION.fullmatch(item.replace(" ", ""))
+        if match is None:
+            raise ConfigError(f"--fail-on condition {item!r} is not ISSUE>N, ISSUE>=N or ISSUE>P%, e.g. "
+                              "leakage>0,label_error>2%")
+        name, op, number, percent = match.groups()
+        limit = float(number)
+        if percent and limit > 100:
+            raise ConfigError(f"--fail-on condition {item!r}: a share of the rows is at most 100%")
+        out.append(Condition(name, op, limit, bool(percent)))
+    return out
+
+
+_CONDITION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(>=|>)(\d+(?:\.\d+)?)(%?)")

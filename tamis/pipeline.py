@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from ._version import __version__
 from .checks import REGISTRY, CheckResult, make_checks
-from .config import DEFAULTS, ColumnSpec, ScanConfig, summarise
+from .config import DEFAULTS, ColumnSpec, ScanConfig, parse_fail_on, summarise
 from .engine.artifacts import largest_graph
 from .engine.backend import Backend, resolve_backend
 from .engine.context import RunContext
@@ -37,7 +37,7 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
          device: str | Backend = DEFAULTS.device, precision: str = DEFAULTS.precision,
          projection: str = DEFAULTS.projection, projection_dims: int = DEFAULTS.projection_dims,
          threshold: float = DEFAULTS.threshold, engine: str = DEFAULTS.engine, k: int | None = DEFAULTS.k,
-         max_pairs: int | None = DEFAULTS.max_pairs,
+         max_pairs: int | None = DEFAULTS.max_pairs, fail_on: str | list | None = None,
          search_params: dict | None = None, columns: ColumnSpec | dict | None = None, progress: bool = False,
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
@@ -69,6 +69,9 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
         machine's memory at ~100 bytes a pair); a threshold that gives more stops with a
         :class:`~tamis.errors.PairLimitError` (exit 2) before memory runs out, and the
         near-duplicate sweep below the threshold is cut instead where only the sweep exceeds it.
+    fail_on : conditions on the findings, e.g. ``"leakage>0,label_error>2%,near_duplicate>=1000"``
+        (counts, or shares of the rows): ``summary.json -> gate`` records each, and
+        :meth:`Report.gate_failures` lists the violated ones (the CLI exits 3 on any).
     search_params : parameters of the chosen engine, e.g. ``{"n_buckets": 500}`` (ivf) or
         ``{"index": "ivf", "nprobe": 16}`` (faiss); the CLI's ``--param search.NAME=VALUE``.
     columns : which column holds what (a :class:`ColumnSpec` or a dict with its fields).
@@ -96,16 +99,37 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
                         search_params={} if search_params is None else search_params, columns=ColumnSpec.of(columns),
                         max_pairs=max_pairs).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
+    gate = parse_fail_on(fail_on)
+    for condition in gate:
+        if condition.name not in REGISTRY:
+            raise ConfigError(f"--fail-on names {condition.name!r}, which is no check; the checks are: "
+                              f"{', '.join(REGISTRY)}")
     if out is not None:   # an unwritable --out fails now, not after the scan
         check_destination(out, source, plots=plots, image_root=image_root)
     with destination(out) if out is not None else contextlib.nullcontext() as folder:
         report = _scan(source, config, selected, device, progress, client, workers, scheduler, partition_rows,
                        started)
+        if gate:
+            report.summary["gate"] = _gate(report, gate)
         if folder is not None:
             t0 = time.perf_counter()
             replace_report(report, folder, plots=plots, image_root=image_root)
             report.summary["timings"]["write"] = time.perf_counter() - t0
     return report
+
+
+def _gate(report: Report, gate: list) -> list[dict]:
+    """Each ``--fail-on`` condition with the count it saw and whether it is violated (a check that
+    did not run violates its conditions: a gate must not pass on a check it never ran)."""
+    n = report.summary["store"]["n_rows"]
+    out = []
+    for condition in gate:
+        count = report.summary["issues"].get(condition.name)
+        violated = True if count is None else condition.violated(count, n)
+        out.append({"condition": str(condition), "count": count, "violated": bool(violated),
+                    "reason": "the check did not run" if count is None else
+                    f"{count:,} rows ({100 * count / max(1, n):.2f} %)"})
+    return out
 
 
 def _scan(source: Any, config: ScanConfig, selected: list, device: Any, progress: bool, client: Any, workers: Any,

@@ -110,3 +110,32 @@ def test_engine_errors_are_one_line_exit_2(tmp_path, small_columns, capsys):
     err = capsys.readouterr().err
     assert "engine 'exact' takes no parameter nprobe" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_fail_on_gates_a_pipeline(tmp_path, small_columns):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    emb = small_columns["embeddings"].copy()
+    emb[5] = np.nan
+    np.savez(tmp_path / "s.npz", **dict(small_columns, embeddings=emb))
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "tamis", "scan", str(tmp_path / "s.npz"), "--out",
+                               str(tmp_path / "r"), "--device", "cpu", "--no-projection", "-q", *extra],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+    failed = run("--fail-on", "invalid>0,class_imbalance>50%,near_duplicate>=1000")
+    assert failed.returncode == 3, failed.stderr
+    assert failed.stderr.strip().splitlines() == ["tamis: fail-on: invalid>0: 1 rows (1.67 %)"]
+    gate = json.loads((tmp_path / "r" / "summary.json").read_text())["gate"]
+    assert [g["violated"] for g in gate] == [True, False, False] and gate[0]["count"] == 1
+    assert run("--fail-on", "invalid>1").returncode == 0
+    assert run("--fail-on", "invalid>=1%").returncode == 3          # 1 of 60 rows = 1.67 %
+    skipped = run("--checks", "invalid", "--fail-on", "near_duplicate>5")
+    assert skipped.returncode == 3 and "did not run" in skipped.stderr
+    for bad in ("dupes>0", "invalid=3", "invalid>150%", "invalid>x"):
+        proc = run("--fail-on", bad)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (bad, proc.stderr)

@@ -173,3 +173,17 @@ def test_summary_records_in_memory_parameters_without_their_data(tmp_path, small
     assert described.startswith("<in-memory data") and "(20, 16)" in described
     assert summary["config"]["params"]["off_topic"]["references"] == described
     assert (tmp_path / "summary.json").stat().st_size < 20_000
+
+
+def test_keep_mask_and_keep_parquet_agree_with_exclude(tmp_path, small_columns):
+    emb = small_columns["embeddings"].copy()
+    emb[4] = np.nan
+    emb[11] = emb[10]
+    report = tamis.scan(dict(small_columns, embeddings=emb), device="cpu", out=tmp_path / "r")
+    mask = report.keep_mask()
+    excluded = set(report.exclusions["row"].to_pylist())
+    assert mask.shape == (60,) and {4, 11} <= excluded and set(np.flatnonzero(~mask)) == excluded
+    keep = pq.read_table(tmp_path / "r" / "keep.parquet")
+    assert keep.column_names == ["row", "id", "keep"]
+    assert keep["keep"].to_pylist() == mask.tolist() and keep["row"].to_pylist() == list(range(60))
+    assert tamis.read_report(tmp_path / "r").keep_mask().tolist() == mask.tolist()

@@ -10,6 +10,8 @@ Files (the public contract, pinned in ``tests/test_outputs.py``):
 - ``exclude.txt``: one path per line (the id where there is no path): what the keep
   policy drops, for a training job to filter on; ``exclude.parquet``: ``row``, ``id``,
   ``path``, ``reason``, ``score``;
+- ``keep.parquet``: ``row``, ``id``, ``keep``: one row per input row, False for the excluded ones
+  (the mask for ``Dataset.filter`` / ``select`` or a sampler);
 - ``<table>.parquet``: each table a check reports (e.g. ``class_counts.parquet``);
 - ``knn.npz``: the neighbour graph, when a check built one (indices are input rows);
 - ``report.html`` and ``thumbs/`` (:mod:`.html`), PNG plots when asked (:mod:`.plots`).
@@ -59,7 +61,7 @@ from .model import Report
 from .plots import check_plots, write_plots
 from .thumbnails import THUMBS_STAGING, check_image_root
 
-FIXED_FILES = ("samples.parquet", "exclude.parquet", "exclude.txt", "summary.json")
+FIXED_FILES = ("samples.parquet", "exclude.parquet", "exclude.txt", "keep.parquet", "summary.json")
 LOCK = ".tamis.lock"
 OLD_SUMMARY = ".tamis-summary-old.json"
 INCOMING = ".tamis-incoming.json"
@@ -164,6 +166,8 @@ def replace_report(report: Report, out: Path, *, html: bool = True, plots: bool 
         write_parquet(stage / "samples.parquet", _stamped(report.samples, report_id))
         write_parquet(stage / "exclude.parquet", _stamped(report.exclusions, report_id))
         write_text(stage / "exclude.txt", "".join(f"{line}\n" for line in report.exclude_list()))
+        write_parquet(stage / "keep.parquet", _stamped(pa.table({"row": report.samples["row"], "id": report.samples["id"],
+                                                                  "keep": pa.array(report.keep_mask())}), report_id))
         names = []
         for name, table in report.tables.items():
             write_parquet(stage / f"{name}.parquet", _stamped(table, report_id))

@@ -67,6 +67,17 @@ class Report:
         ids = self.exclusions["id"].cast(pa.string())
         return pc.if_else(pc.is_null(paths), ids, paths).to_pylist()
 
+    def gate_failures(self) -> list[str]:
+        """The ``fail_on`` conditions the findings violate, as lines (``leakage>0: 38 rows (0.04 %)``)."""
+        return [f"{g['condition']}: {g['reason']}" for g in self.summary.get("gate", []) if g.get("violated")]
+
+    def keep_mask(self) -> np.ndarray:
+        """(N,) bool: True for the rows a training job keeps (every row not on the exclusion list),
+        aligned with the input rows, e.g. for ``Dataset.select(np.flatnonzero(mask))``."""
+        mask = np.ones(self.samples.num_rows, dtype=bool)
+        mask[np.asarray(self.exclusions["row"].to_numpy(zero_copy_only=False), dtype=np.int64)] = False
+        return mask
+
     def coordinates(self) -> np.ndarray | None:
         """(N, 2 or 3) map coordinates from the samples' projection columns (NaN where none)."""
         names = self.samples.column_names

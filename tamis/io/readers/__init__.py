@@ -32,6 +32,7 @@ from ..store import Store
 from .arrow import ARROW_SUFFIXES, ArrowReader
 from .base import PARTITION_BYTES, Partition, Reader
 from .columns import ALIASES, MATRIX_INPUTS, choose_columns, convert_columns
+from .huggingface import HuggingFaceReader
 from .lazy import PartitionedMatrix
 from .memory import load_memory
 from .npy import NpyReader
@@ -40,6 +41,7 @@ from .parquet import PARQUET_SUFFIXES, ParquetReader, RowGroups, parquet_shards
 
 #: every file format tamis reads, one reader class each; the first that matches a path reads it
 READERS: tuple[type[Reader], ...] = (
+    HuggingFaceReader,      # before Parquet: both read folders, this one only those datasets wrote
     NpzReader,
     NpyReader,
     ParquetReader,

@@ -34,6 +34,8 @@ def memory_columns(data: Any) -> dict[str, Any]:
                              "column as lists or arrays of numbers") from exc
     if module == "cudf":
         return table_columns(data.to_arrow())
+    if module == "datasets" and hasattr(data, "with_format"):   # a Hugging Face Dataset (its row order, selects applied)
+        return table_columns(data.with_format("arrow")[:])
     if hasattr(data, "shape") and len(getattr(data, "shape")) == 2:
         return {"embeddings": data}
     if hasattr(data, "shape"):
