@@ -102,6 +102,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pairs", type=int, default=DEFAULTS.max_pairs, metavar="N",
                    help="the most near-duplicate pairs the scan may hold (default: a quarter of this machine's "
                         "memory at ~100 bytes a pair); more is an error that says to raise the threshold")
+    p.add_argument("--near-duplicate-fraction", type=float, metavar="F",
+                   help="choose the threshold: the lowest of the sweep's (0.90 .. 0.995) that leaves at most this "
+                        "share of rows with a near duplicate (replaces --threshold; the summary says which)")
     p.add_argument("--fail-on", metavar="CONDITIONS",
                    help="exit 3 after writing the report when a condition holds, e.g. "
                         "'leakage>0,label_error>2%%,near_duplicate>=1000' (counts or shares of the rows)")
@@ -216,7 +219,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                   projection="none" if args.no_projection else args.projection,
                   projection_dims=args.projection_dims, plots=args.plots, image_root=args.image_root,
                   columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out,
-                  fail_on=args.fail_on)
+                  fail_on=args.fail_on, near_duplicate_fraction=args.near_duplicate_fraction)
     if not args.quiet:
         _print_summary(report, Path(args.out))
     failures = report.gate_failures()

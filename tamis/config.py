@@ -36,6 +36,8 @@ PROJECTION_DIMS = (2, 3)
 ENGINES = ("auto", "exact", "ivf", "faiss")
 #: neighbours per row in the shared neighbour graph when neither a check nor the scan names k
 DEFAULT_K = 10
+#: the near-duplicate thresholds the sweep reports (and --near-duplicate-fraction chooses from)
+NEAR_DUPLICATE_SWEEP = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 #: the CLI writes a report with a map by default; the Python API computes none unless asked
 CLI_PROJECTION = "auto"
 #: bytes one near-duplicate pair costs on its way through the search and the checks (measured
@@ -197,6 +199,9 @@ class ScanConfig:
         of every duplicate-family check's own ``threshold``.
     engine : the similarity search (:data:`ENGINES`) behind the pairs and the neighbour graph.
     k : neighbours per row in the shared graph (None: :data:`DEFAULT_K`, lowered for tiny stores).
+    near_duplicate_fraction : when given, the scan's threshold is chosen from
+        :data:`NEAR_DUPLICATE_SWEEP`: the lowest that leaves at most this share of the valid rows with
+        a near duplicate (``summary.json -> threshold_choice`` says which and why).
     max_pairs : the most near-duplicate pairs the scan may hold (None: :func:`default_max_pairs`);
         a threshold that gives more stops with a :class:`~tamis.errors.PairLimitError`.
     search_params : parameters of the chosen engine (the CLI's ``--param search.NAME=VALUE``).
@@ -215,6 +220,7 @@ class ScanConfig:
     search_params: dict = field(default_factory=dict)
     columns: ColumnSpec = field(default_factory=ColumnSpec)
     max_pairs: int | None = None
+    near_duplicate_fraction: float | None = None
 
     _parameter_constraints = {
         "device": Options(DEVICES),
@@ -225,6 +231,7 @@ class ScanConfig:
         "engine": Options(ENGINES),
         "k": Interval(int, 1, None, none_ok=True),
         "max_pairs": Interval(int, 1, None, none_ok=True),
+        "near_duplicate_fraction": Interval(float, 0, 1, closed="neither", none_ok=True),
     }
 
     def validate(self) -> "ScanConfig":

@@ -19,8 +19,15 @@ import pyarrow as pa
 
 from ._version import __version__
 from .checks import REGISTRY, CheckResult, make_checks
-from .config import DEFAULTS, ColumnSpec, ScanConfig, parse_fail_on, summarise
-from .engine.artifacts import largest_graph
+from .config import (
+    DEFAULTS,
+    NEAR_DUPLICATE_SWEEP,
+    ColumnSpec,
+    ScanConfig,
+    parse_fail_on,
+    summarise,
+)
+from .engine.artifacts import choose_threshold, largest_graph
 from .engine.backend import Backend, resolve_backend
 from .engine.context import RunContext
 from .engine.progress import Progress
@@ -38,6 +45,7 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
          projection: str = DEFAULTS.projection, projection_dims: int = DEFAULTS.projection_dims,
          threshold: float = DEFAULTS.threshold, engine: str = DEFAULTS.engine, k: int | None = DEFAULTS.k,
          max_pairs: int | None = DEFAULTS.max_pairs, fail_on: str | list | None = None,
+         near_duplicate_fraction: float | None = DEFAULTS.near_duplicate_fraction,
          search_params: dict | None = None, columns: ColumnSpec | dict | None = None, progress: bool = False,
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
@@ -69,6 +77,9 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
         machine's memory at ~100 bytes a pair); a threshold that gives more stops with a
         :class:`~tamis.errors.PairLimitError` (exit 2) before memory runs out, and the
         near-duplicate sweep below the threshold is cut instead where only the sweep exceeds it.
+    near_duplicate_fraction : choose the threshold instead: the lowest of the near-duplicate sweep's
+        (0.90 .. 0.995) at which at most this share of the valid rows has a near duplicate;
+        ``summary.json -> threshold_choice`` records it, the share at each and why.
     fail_on : conditions on the findings, e.g. ``"leakage>0,label_error>2%,near_duplicate>=1000"``
         (counts, or shares of the rows): ``summary.json -> gate`` records each, and
         :meth:`Report.gate_failures` lists the violated ones (the CLI exits 3 on any).
@@ -97,7 +108,7 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
                         params={} if params is None else params, precision=precision, projection=projection,
                         projection_dims=projection_dims, threshold=threshold, engine=engine, k=k,
                         search_params={} if search_params is None else search_params, columns=ColumnSpec.of(columns),
-                        max_pairs=max_pairs).validate()
+                        max_pairs=max_pairs, near_duplicate_fraction=near_duplicate_fraction).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
     gate = parse_fail_on(fail_on)
     for condition in gate:
@@ -187,6 +198,12 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
                     runnable.remove(check)
                     skipped.append({"check": check.name, "reason": reason})
                     log.warning("skipping %s: it %s", check.name, reason)
+        choice = None
+        if config.near_duplicate_fraction is not None and store.embeddings is not None and ctx.valid.sum() >= 2:
+            with ctx.timed("threshold choice"):
+                choice = choose_threshold(ctx, config.near_duplicate_fraction, NEAR_DUPLICATE_SWEEP)
+            config.threshold = choice["threshold"]   # every duplicate-family check's default from here on
+            log.warning("near-duplicate threshold %g: %s", choice["threshold"], choice["reason"])
         for check in runnable:
             log.info("running %s", check.name)
             with ctx.timed(f"check:{check.name}"):
@@ -197,6 +214,8 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
 
     timings["total"] = time.perf_counter() - started  # the scan itself; writing is timed apart
     report = _assemble(store, ctx, config, backend, runnable, skipped, results, timings)
+    if choice is not None:
+        report.summary["threshold_choice"] = choice
     graph = largest_graph(ctx)
     if graph is not None:
         report.knn = (ctx.valid_rows, ctx.valid_rows[graph[0]], graph[1])

@@ -139,3 +139,21 @@ def test_fail_on_gates_a_pipeline(tmp_path, small_columns):
     for bad in ("dupes>0", "invalid=3", "invalid>150%", "invalid>x"):
         proc = run("--fail-on", bad)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (bad, proc.stderr)
+
+
+def test_near_duplicate_fraction_option(tmp_path, small_columns):
+    import json
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "s.npz", **small_columns)
+    proc = subprocess.run([sys.executable, "-m", "tamis", "scan", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r"),
+                           "--device", "cpu", "--no-projection", "-q", "--near-duplicate-fraction", "0.5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["threshold_choice"]["threshold"] == 0.90       # no pairs at all: the lowest fits
+    assert summary["config"]["near_duplicate_fraction"] == 0.5
+    bad = subprocess.run([sys.executable, "-m", "tamis", "scan", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r"),
+                          "--near-duplicate-fraction", "2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "near_duplicate_fraction=2.0" in bad.stderr

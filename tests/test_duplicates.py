@@ -209,3 +209,32 @@ def test_runs_pair_each_first_position_with_the_rest_of_its_run():
         expected = sorted((int(np.flatnonzero(keys == keys[j])[0]), j) for j in range(n)
                           if np.flatnonzero(keys == keys[j])[0] != j)
         assert sorted(zip(first.tolist(), other.tolist())) == expected
+
+
+def test_near_duplicate_fraction_chooses_the_threshold():
+    """120 rows: 0-19 have partners at similarity 0.991, 20-39 at 0.94, row 50 an exact copy: a share
+    of 40 % picks 0.95 (34 % of the rows in a pair), 70 % picks 0.90 (68 %), 1 % picks 0.995 (2 %: no
+    threshold qualifies, the highest is taken)."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(80, 64))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+
+    def partner(x, cos):
+        noise = rng.normal(size=x.shape)
+        noise -= (noise * x).sum(axis=1, keepdims=True) * x
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        return cos * x + np.sqrt(1 - cos**2) * noise
+
+    emb = np.concatenate([base, partner(base[:20], 0.991), partner(base[20:40], 0.94), base[50:51]]).astype(np.float32)
+    tight = tamis.scan(emb, device="cpu", checks=["near_duplicate"], near_duplicate_fraction=0.4)
+    choice = tight.summary["threshold_choice"]
+    assert choice["threshold"] == 0.95 and tight.summary["checks"]["near_duplicate"]["threshold"] == 0.95
+    assert choice["shares"]["0.9"] == pytest.approx(82 / 121) and choice["shares"]["0.95"] == pytest.approx(42 / 121)
+    assert tight.counts()["near_duplicate"] == 42
+    loose = tamis.scan(emb, device="cpu", checks=["near_duplicate"], near_duplicate_fraction=0.7)
+    assert loose.summary["threshold_choice"]["threshold"] == 0.90 and loose.counts()["near_duplicate"] == 82
+    none = tamis.scan(emb, device="cpu", checks=["near_duplicate"], near_duplicate_fraction=0.01)
+    assert none.summary["threshold_choice"]["threshold"] == 0.995 and "no threshold" in \
+        none.summary["threshold_choice"]["reason"]
+    with pytest.raises(tamis.ConfigError, match="near_duplicate_fraction"):
+        tamis.scan(emb, device="cpu", near_duplicate_fraction=1.5)

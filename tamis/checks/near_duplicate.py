@@ -21,7 +21,7 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from ..config import Interval, Options
+from ..config import NEAR_DUPLICATE_SWEEP, Interval, Options
 from ..engine.artifacts import pairs_at, resolve_threshold
 from ..errors import PairLimitError
 from .base import Check, CheckResult
@@ -38,7 +38,7 @@ from .views import Groups, Histogram
 
 log = logging.getLogger("tamis")
 
-SWEEP = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
+SWEEP = NEAR_DUPLICATE_SWEEP
 
 
 class NearDuplicate(Check):

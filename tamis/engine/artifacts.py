@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import DEFAULT_K
-from ..errors import ConfigError
+from ..errors import ConfigError, PairLimitError
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,33 @@ def pairs_at(ctx, threshold: float) -> Pairs:
     return ctx.artifact(("pairs", float(threshold)), build)
 
 
+def choose_threshold(ctx, fraction: float, candidates: tuple[float, ...]) -> dict:
+    """The lowest of ``candidates`` at which at most ``fraction`` of the valid rows have a near
+    duplicate (the highest when none qualifies), from one pair search at the lowest candidate;
+    returns ``{"threshold", "fraction", "shares": {t: share}, "reason"}``."""
+    candidates = tuple(sorted(candidates))
+    while True:   # a candidate that gives more pairs than the budget is no choice: try the next
+        try:
+            pairs = pairs_at(ctx, candidates[0])
+            break
+        except PairLimitError:
+            if len(candidates) == 1:
+                raise
+            candidates = candidates[1:]
+    m = max(1, len(ctx.valid_rows))
+    shares = {}
+    for t in candidates:
+        at = pairs.at(t)
+        shares[t] = float(len(np.union1d(at.row_a, at.row_b)) / m)
+    fits = [t for t in candidates if shares[t] <= fraction]
+    chosen = fits[0] if fits else candidates[-1]
+    reason = (f"the lowest threshold with at most {fraction:.2%} of the rows in a pair ({shares[chosen]:.2%})"
+              if fits else f"no threshold up to {chosen:g} flags at most {fraction:.2%} ({shares[chosen]:.2%} "
+              "at the highest)")
+    return {"threshold": chosen, "fraction": fraction, "shares": {f"{t:g}": s for t, s in shares.items()},
+            "reason": reason}
+
+
 def resolve_k(ctx, k: int | None) -> int:
     """The k a check uses: its own, else the scan's, else :data:`~tamis.config.DEFAULT_K` capped
     at M - 1. A k that was asked for is never lowered: :func:`neighbours` refuses one >= M."""
@@ -98,4 +125,4 @@ def largest_graph(ctx):
     return graphs[max(graphs)] if graphs else None
 
 
-__all__ = ["Pairs", "pairs_at", "resolve_threshold", "neighbours", "resolve_k", "largest_graph"]
+__all__ = ["Pairs", "pairs_at", "resolve_threshold", "choose_threshold", "neighbours", "resolve_k", "largest_graph"]
