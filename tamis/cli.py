@@ -22,6 +22,7 @@ from .config import (
     DEFAULTS,
     DEVICES,
     ENGINES,
+    EXCLUDE_BY,
     PRECISIONS,
     PROJECTION_DIMS,
     PROJECTIONS,
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("embedding", "embedding vectors"), ("label", "class labels"), ("path", "image paths"),
                        ("split", "train/val/test split"), ("id", "sample ids"),
                        ("pred-probs", "model's predicted class probabilities"),
-                       ("quality", "a quality score per sample (higher = better), for --param *.keep=quality")):
+                       ("quality", "a quality score per sample (higher = better), for --param *.keep=quality"),
+                       ("group", "the image (or other unit) each row comes from, e.g. of an object crop: rows of "
+                                 "one group are never each other's duplicates or leaks")):
         cols.add_argument(f"--{name}-col", metavar="NAME", help=f"column with the {what}")
 
     demo = sub.add_parser("demo", help="write the bundled demo store and scan it")
@@ -105,6 +108,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--near-duplicate-fraction", type=float, metavar="F",
                    help="choose the threshold: the lowest of the sweep's (0.90 .. 0.995) that leaves at most this "
                         "share of rows with a near duplicate (replaces --threshold; the summary says which)")
+    p.add_argument("--exclude-by", choices=EXCLUDE_BY, default=DEFAULTS.exclude_by,
+                   help="exclude flagged rows, or with --group-col every row of a flagged row's group "
+                        "(default: %(default)s)")
     p.add_argument("--fail-on", metavar="CONDITIONS",
                    help="exit 3 after writing the report when a condition holds, e.g. "
                         "'leakage>0,label_error>2%%,near_duplicate>=1000' (counts or shares of the rows)")
@@ -209,7 +215,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         source = args.store
         columns = {"embedding": args.embedding_col, "label": args.label_col, "path": args.path_col,
                    "split": args.split_col, "id": args.id_col, "pred_probs": args.pred_probs_col,
-                   "quality": args.quality_col}
+                   "quality": args.quality_col, "group": args.group_col}
     if args.references is not None:
         params.setdefault("off_topic", {}).setdefault("references", args.references)
     cluster = {name: getattr(args, name, None) for name in ("workers", "scheduler", "partition_rows")}
@@ -219,7 +225,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                   projection="none" if args.no_projection else args.projection,
                   projection_dims=args.projection_dims, plots=args.plots, image_root=args.image_root,
                   columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out,
-                  fail_on=args.fail_on, near_duplicate_fraction=args.near_duplicate_fraction)
+                  fail_on=args.fail_on, near_duplicate_fraction=args.near_duplicate_fraction,
+                  exclude_by=args.exclude_by)
     if not args.quiet:
         _print_summary(report, Path(args.out))
     failures = report.gate_failures()

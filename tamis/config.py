@@ -38,6 +38,8 @@ ENGINES = ("auto", "exact", "ivf", "faiss")
 DEFAULT_K = 10
 #: the near-duplicate thresholds the sweep reports (and --near-duplicate-fraction chooses from)
 NEAR_DUPLICATE_SWEEP = (0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
+#: what the exclusion list drops: the flagged rows, or every row of a flagged row's group (--group-col)
+EXCLUDE_BY = ("row", "group")
 #: the CLI writes a report with a map by default; the Python API computes none unless asked
 CLI_PROJECTION = "auto"
 #: bytes one near-duplicate pair costs on its way through the search and the checks (measured
@@ -166,6 +168,7 @@ class ColumnSpec:
     id: str | None = None
     pred_probs: str | None = None
     quality: str | None = None
+    group: str | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -199,6 +202,8 @@ class ScanConfig:
         of every duplicate-family check's own ``threshold``.
     engine : the similarity search (:data:`ENGINES`) behind the pairs and the neighbour graph.
     k : neighbours per row in the shared graph (None: :data:`DEFAULT_K`, lowered for tiny stores).
+    exclude_by : "row" (the exclusion list holds the rows the checks exclude) or "group" (with a
+        group column: every row of a group one of whose rows is excluded, reason ``group``).
     near_duplicate_fraction : when given, the scan's threshold is chosen from
         :data:`NEAR_DUPLICATE_SWEEP`: the lowest that leaves at most this share of the valid rows with
         a near duplicate (``summary.json -> threshold_choice`` says which and why).
@@ -221,6 +226,7 @@ class ScanConfig:
     columns: ColumnSpec = field(default_factory=ColumnSpec)
     max_pairs: int | None = None
     near_duplicate_fraction: float | None = None
+    exclude_by: str = "row"
 
     _parameter_constraints = {
         "device": Options(DEVICES),
@@ -232,6 +238,7 @@ class ScanConfig:
         "k": Interval(int, 1, None, none_ok=True),
         "max_pairs": Interval(int, 1, None, none_ok=True),
         "near_duplicate_fraction": Interval(float, 0, 1, closed="neither", none_ok=True),
+        "exclude_by": Options(EXCLUDE_BY),
     }
 
     def validate(self) -> "ScanConfig":

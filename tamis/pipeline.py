@@ -46,6 +46,7 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
          threshold: float = DEFAULTS.threshold, engine: str = DEFAULTS.engine, k: int | None = DEFAULTS.k,
          max_pairs: int | None = DEFAULTS.max_pairs, fail_on: str | list | None = None,
          near_duplicate_fraction: float | None = DEFAULTS.near_duplicate_fraction,
+         exclude_by: str = DEFAULTS.exclude_by,
          search_params: dict | None = None, columns: ColumnSpec | dict | None = None, progress: bool = False,
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
@@ -80,6 +81,8 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
     near_duplicate_fraction : choose the threshold instead: the lowest of the near-duplicate sweep's
         (0.90 .. 0.995) at which at most this share of the valid rows has a near duplicate;
         ``summary.json -> threshold_choice`` records it, the share at each and why.
+    exclude_by : "row", or "group" to drop every row of an image (``columns={"group": ...}``) one of
+        whose rows is excluded.
     fail_on : conditions on the findings, e.g. ``"leakage>0,label_error>2%,near_duplicate>=1000"``
         (counts, or shares of the rows): ``summary.json -> gate`` records each, and
         :meth:`Report.gate_failures` lists the violated ones (the CLI exits 3 on any).
@@ -108,7 +111,8 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
                         params={} if params is None else params, precision=precision, projection=projection,
                         projection_dims=projection_dims, threshold=threshold, engine=engine, k=k,
                         search_params={} if search_params is None else search_params, columns=ColumnSpec.of(columns),
-                        max_pairs=max_pairs, near_duplicate_fraction=near_duplicate_fraction).validate()
+                        max_pairs=max_pairs, near_duplicate_fraction=near_duplicate_fraction,
+                        exclude_by=exclude_by).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
     gate = parse_fail_on(fail_on)
     for condition in gate:
@@ -172,6 +176,9 @@ def _scan(source: Any, config: ScanConfig, selected: list, device: Any, progress
 def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, session: Any, progress: bool,
          timings: dict[str, float], started: float) -> Report:
     """Run the checks that apply to ``store`` and assemble the report (nothing is written)."""
+    if config.exclude_by == "group" and store.groups is None:
+        raise ConfigError("exclude_by='group' needs a group column (the image each row comes from): name it with "
+                          "--group-col, or exclude by row")
     runnable, skipped = [], []
     for check in selected:
         reason = check.skip_reason(store.available)
@@ -282,7 +289,17 @@ def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backen
         ex_check_parts.append(np.full(len(rows_ex), position))
         ex_score_parts.append(np.asarray(result.scores, dtype=np.float64)[rows_ex])
     samples = pa.table(columns)
-    exclusions = _exclusions(samples, [c.name for c in runnable], ex_rows_parts, ex_check_parts, ex_score_parts)
+    reasons = [c.name for c in runnable]
+    if config.exclude_by == "group" and ctx.group_codes is not None and ex_rows_parts:
+        # the whole image goes when one of its crops does: its other rows get the reason "group"
+        gone = np.unique(np.concatenate(ex_rows_parts))
+        codes = ctx.group_codes
+        more = np.setdiff1d(np.flatnonzero(np.isin(codes, codes[gone])), gone)
+        ex_rows_parts.append(more)
+        ex_check_parts.append(np.full(len(more), len(reasons)))
+        ex_score_parts.append(np.full(len(more), np.nan))
+        reasons.append("group")
+    exclusions = _exclusions(samples, reasons, ex_rows_parts, ex_check_parts, ex_score_parts)
 
     summary = {
         "tamis_version": __version__,
@@ -319,7 +336,7 @@ def _exclusions(samples: pa.Table, names: list[str], rows: list, checks: list, s
     order = np.lexsort((check, row))
     row, check, score = row[order], check[order], np.nan_to_num(score[order], nan=1.0)
     starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if len(row) else np.empty(0, dtype=np.int64)
-    labels = np.array(names + [""], dtype=object)[check]
+    labels = np.array(list(names) + [""], dtype=object)[check]
     reasons = [",".join(part) for part in np.split(labels, starts[1:])] if len(row) else []
     take = pa.array(row[starts], type=pa.int64())
     return pa.table({

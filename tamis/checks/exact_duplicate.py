@@ -39,6 +39,8 @@ class ExactDuplicate(Check):
             pa_, pb = _equal_values(ctx.store.paths)
             both_valid = ctx.valid[pa_] & ctx.valid[pb]  # an invalid copy must never be the one kept
             a, b = np.concatenate([a, pa_[both_valid]]), np.concatenate([b, pb[both_valid]])
+        within = ~ctx.across_groups(a, b)   # crops of one image share its pixels and its path
+        a, b = a[~within], b[~within]
         groups = groups_of(ctx.n, a, b)
         keep = keep_one(ctx, groups, self.keep)
         flags = groups.group_of >= 0

@@ -57,7 +57,11 @@ class Leakage(Check):
         np.maximum.at(best, eval_row, sim)
         scores = np.where(flags, np.clip(1.0 - best, 0.0, 1.0), 1.0)
         scores[~ctx.valid] = np.nan
-        excluded = {"eval": np.unique(eval_row), "train": np.unique(other_row),
+        split_groups, group_eval, group_other = _groups_across_splits(ctx, codes, rank)
+        flags[group_eval] = True                       # a crop whose image has crops in a training split
+        scores[group_eval] = 0.0
+        excluded = {"eval": np.unique(np.concatenate([eval_row, group_eval])),
+                    "train": np.unique(np.concatenate([other_row, group_other])),
                     "none": np.empty(0, dtype=np.int64)}[self.exclude]
 
         eval_split = np.where(a_is_eval, ca, cb)
@@ -71,10 +75,31 @@ class Leakage(Check):
         summary = {"threshold": float(threshold), "n_pairs": int(len(a)), "n_rows": int(flags.sum()),
                    "n_excluded": int(len(excluded)), "exclude": self.exclude,
                    "evaluation_order": [str(names[i]) for i in np.argsort(rank, kind="stable")],
-                   "split_pairs": per_pair}
+                   "split_pairs": per_pair, "n_groups_across_splits": split_groups}
         leaks = pa.table({"row_a": pa.array(a, pa.int64()), "row_b": pa.array(b, pa.int64()),
                           "similarity": pa.array(sim, pa.float32()), "eval_row": pa.array(eval_row, pa.int64())})
         return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded, tables={"leaks": leaks})
+
+
+def _groups_across_splits(ctx, codes: np.ndarray, rank: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """With a group column (the image each object crop comes from): the groups whose valid rows lie
+    in more than one split, their rows in a more evaluation-like split than the group's most
+    training-like one, and the others. Splits are judged per image, not per crop."""
+    groups = ctx.group_codes
+    empty = np.empty(0, dtype=np.int64)
+    if groups is None:
+        return 0, empty, empty
+    rows = ctx.valid_rows
+    g, r = groups[rows], rank[codes[rows]]
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    low = np.full(n_groups, np.inf)
+    np.minimum.at(low, g, r)
+    high = np.full(n_groups, -np.inf)
+    np.maximum.at(high, g, r)
+    across = high > low
+    member = across[g]
+    eval_side = member & (r > low[g])
+    return int(across.sum()), rows[eval_side], rows[member & ~eval_side]
 
 
 def _eval_rank(names: list, sizes: np.ndarray) -> np.ndarray:

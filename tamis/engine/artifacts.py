@@ -9,7 +9,9 @@ graph built for a larger k is sliced, never rebuilt. Both are built by the run's
 and ``("knn", k)``; this module is the only one that knows those keys.
 
 Row spaces: pairs are kept in input-row space (``row_a < row_b``, sorted); the graph lives
-in the valid-row space of ``ctx.embeddings`` (indices into it).
+in the valid-row space of ``ctx.embeddings`` (indices into it). With a group column (the image
+an object crop comes from), pairs within one group are dropped: crops of one image are never
+each other's duplicates or leaks.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def pairs_at(ctx, threshold: float) -> Pairs:
         a, b, sim, info = ctx.executor.pairs(ctx, threshold)
         ctx.search_info["pairs"] = {"threshold": float(threshold), **info}
         rows = ctx.valid_rows
-        return Pairs(rows[a], rows[b], sim.astype(np.float32), threshold)
+        ra, rb = rows[a], rows[b]
+        keep = ctx.across_groups(ra, rb)   # two crops of one image are no duplicates of each other
+        return Pairs(ra[keep], rb[keep], sim.astype(np.float32)[keep], threshold)
 
     return ctx.artifact(("pairs", float(threshold)), build)
 

@@ -192,6 +192,19 @@ class RunContext:
     def _splits(self) -> tuple[np.ndarray, list]:
         return self.artifact("splits", lambda: encode(self._need("split")))
 
+    @property
+    def group_codes(self) -> np.ndarray | None:
+        """(N,) int64 code of each row's group (the image an object crop comes from), or None."""
+        if self.store.groups is None:
+            return None
+        return self.artifact("groups", lambda: encode(self.store.groups)[0])
+
+    def across_groups(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(len(a),) bool: the pairs of input rows ``(a, b)`` whose rows come from different groups
+        (all of them when the store has no groups)."""
+        codes = self.group_codes
+        return np.ones(len(a), dtype=bool) if codes is None else codes[a] != codes[b]
+
     def _need(self, name: str) -> Any:
         value = getattr(self.store, name)
         if value is None:

@@ -20,7 +20,7 @@ from ..errors import InputError
 from .labels import encode
 
 #: names of the inputs a check can require
-INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs", "quality")
+INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs", "quality", "groups")
 
 #: tolerance on |sum(pred_probs row) - 1|
 PRED_PROBS_ATOL = 1e-3
@@ -36,6 +36,8 @@ class Store:
     labels, paths, split, ids : pyarrow arrays of length N, or None
     pred_probs : (N, C) float array or None
     quality : pyarrow array of numbers (higher = better), used by the "quality" keep policy
+    groups : pyarrow array naming the image (or other unit) each row comes from, e.g. the image of
+        an object crop: rows of one group are never each other's duplicates or leaks
     source : where the store came from (a path or "memory")
     columns : input name -> the column it was read from
     """
@@ -47,13 +49,14 @@ class Store:
     ids: pa.Array | None = None
     pred_probs: Any = None
     quality: pa.Array | None = None
+    groups: pa.Array | None = None
     source: str = "memory"
     columns: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         for value in (self.embeddings, self.pred_probs, self.labels, self.paths, self.split, self.ids,
-                      self.quality):
+                      self.quality, self.groups):
             if value is not None:
                 return len(value)
         return 0
@@ -85,7 +88,7 @@ class Store:
                     f"{self._col(first)!r} has {n}; every column needs one value per row")
         if self.labels is not None:
             _check_no_nulls(self.labels, self._col("labels"), self.source)
-        for name in ("paths", "split", "ids", "quality"):
+        for name in ("paths", "split", "ids", "quality", "groups"):
             value = getattr(self, name)
             if value is not None:
                 _check_no_nulls(value, self._col(name), self.source)

@@ -31,6 +31,7 @@ ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pred_probs": ("pred_probs", ("pred_probs", "pred_prob", "probs", "probabilities",
                                   "predicted_probs", "predictions")),
     "quality": ("quality", ("quality", "quality_score")),
+    "groups": ("group", ("image_id", "source_image", "parent_id")),
 }
 #: inputs that are (N, k) matrices; the others are one value per row
 MATRIX_INPUTS = ("embeddings", "pred_probs")
