@@ -10,8 +10,10 @@ contract, :mod:`.shared` what several checks share.
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .ambiguous import Ambiguous
 from .base import Check, CheckResult
 from .class_imbalance import ClassImbalance
+from .class_overlap import ClassOverlap
 from .conflicting_labels import ConflictingLabels
 from .exact_duplicate import ExactDuplicate
 from .invalid import InvalidEmbedding
@@ -29,6 +31,8 @@ REGISTRY: dict[str, type[Check]] = {cls.name: cls for cls in (
     ConflictingLabels,
     Leakage,
     LabelError,
+    Ambiguous,
+    ClassOverlap,
     Outlier,
     OffTopic,
     SplitShift,

@@ -32,10 +32,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import Interval, Options
-from ..engine.artifacts import neighbours, resolve_k
-from ..errors import InputError
 from .base import Check, CheckResult, plain
-from .shared.confident import disagreements, find_label_issues, knn_probabilities
+from .shared.confident import class_probabilities, disagreements, find_label_issues
 from .views import Field, Samples, Table
 
 
@@ -61,30 +59,11 @@ class LabelError(Check):
         self.method = method
 
     def _run(self, ctx) -> CheckResult:
-        store = ctx.store
         names = ctx.label_names
         n_classes = len(names)
         rows = ctx.valid_rows
         y = ctx.label_codes[rows]
-        used = []
-        probs = []
-        if self.source in ("auto", "embeddings") and store.embeddings is not None:
-            k = resolve_k(ctx, self.k)
-            idx, sims = neighbours(ctx, k)
-            prior = np.bincount(y, minlength=n_classes) / len(y)
-            probs.append(knn_probabilities(y[idx], sims, n_classes, prior, self.smoothing))
-            used.append("embeddings")
-        if self.source in ("auto", "pred_probs") and store.pred_probs is not None:
-            model = np.asarray(ctx.backend.to_host(store.pred_probs), dtype=np.float32)
-            if model.shape[1] != n_classes:
-                raise InputError(f"{store.source}: pred_probs has {model.shape[1]} columns but the labels hold "
-                                 f"{n_classes} classes; give one column per class, in sorted label order")
-            probs.append(model[rows])
-            used.append("pred_probs")
-        if not probs:
-            raise InputError(f"{store.source}: label_error with source={self.source!r} needs "
-                             f"{self.source}, and the store has none; use source='auto'")
-        P = probs[0] if len(probs) == 1 else (probs[0] + probs[1]) / 2
+        P, used = class_probabilities(ctx, self.name, self.source, self.k, self.smoothing)
 
         issues, est = find_label_issues(P, y)
         self_conf = P[np.arange(len(y)), y].astype(np.float64)

@@ -149,3 +149,39 @@ def disagreements(P: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> np.nd
     top = P[np.arange(len(y)), best].astype(np.float64)
     return ((own < thresholds[y] - _TIE_TOLERANCE) & (top > own + _TIE_TOLERANCE)
             & (top >= thresholds[best] - spread[best] - _TIE_TOLERANCE))
+
+
+def class_probabilities(ctx, owner: str, source: str = "auto", k: int | None = None,
+                        smoothing: float = 0.1) -> tuple[np.ndarray, list[str]]:
+    """``(P, sources)``: out-of-sample class probabilities of the valid rows, (M, C), from the
+    neighbour votes (``source`` "embeddings"), a model's ``pred_probs`` ("pred_probs"), or the
+    mean of both ("auto", where both are there); built once per run and setting, shared by
+    label_error, ambiguous and class_overlap. ``owner`` names the check in errors."""
+    from ...engine.artifacts import neighbours, resolve_k
+    from ...errors import InputError
+
+    chosen_k = resolve_k(ctx, k) if source in ("auto", "embeddings") and ctx.store.embeddings is not None else None
+
+    def build() -> tuple[np.ndarray, list[str]]:
+        store = ctx.store
+        n_classes = len(ctx.label_names)
+        y = ctx.label_codes[ctx.valid_rows]
+        used, probs = [], []
+        if chosen_k is not None:
+            idx, sims = neighbours(ctx, chosen_k)
+            prior = np.bincount(y, minlength=n_classes) / max(1, len(y))
+            probs.append(knn_probabilities(y[idx], sims, n_classes, prior, smoothing))
+            used.append("embeddings")
+        if source in ("auto", "pred_probs") and store.pred_probs is not None:
+            model = np.asarray(ctx.backend.to_host(store.pred_probs), dtype=np.float32)
+            if model.shape[1] != n_classes:
+                raise InputError(f"{store.source}: pred_probs has {model.shape[1]} columns but the labels hold "
+                                 f"{n_classes} classes; give one column per class, in sorted label order")
+            probs.append(model[ctx.valid_rows])
+            used.append("pred_probs")
+        if not probs:
+            raise InputError(f"{store.source}: {owner} with source={source!r} needs {source}, and the store has "
+                             "none; use source='auto'")
+        return (probs[0] if len(probs) == 1 else (probs[0] + probs[1]) / 2), used
+
+    return ctx.artifact(("class_probabilities", source, chosen_k, float(smoothing)), build)
