@@ -66,7 +66,8 @@ def test_summary_json(saved):
         assert key in summary
     assert summary["issues"]["invalid"] == 2
     assert summary["checks_run"] == ["invalid", "exact_duplicate", "near_duplicate", "conflicting_labels",
-                                     "leakage", "label_error", "outlier", "split_shift", "class_imbalance"]
+                                     "leakage", "label_error", "ambiguous", "class_overlap", "outlier",
+                                     "split_shift", "class_imbalance"]
     assert summary["checks_skipped"] == [{"check": "off_topic", "reason":
                                           "needs reference embeddings per class: pass --references STORE"}]
     assert summary["device"]["backend"] == "cpu"
@@ -80,6 +81,8 @@ def test_skipped_checks_are_reported_with_reason(small_columns):
         {"check": "conflicting_labels", "reason": "needs labels, which the store does not have"},
         {"check": "leakage", "reason": "needs split, which the store does not have"},
         {"check": "label_error", "reason": "needs labels, which the store does not have"},
+        {"check": "ambiguous", "reason": "needs labels, which the store does not have"},
+        {"check": "class_overlap", "reason": "needs labels, which the store does not have"},
         {"check": "off_topic", "reason": "needs labels, which the store does not have"},
         {"check": "split_shift", "reason": "needs split, which the store does not have"},
         {"check": "class_imbalance", "reason": "needs labels, which the store does not have"}]
@@ -89,7 +92,7 @@ def test_skipped_checks_are_reported_with_reason(small_columns):
 def test_labels_and_pred_probs_only_store():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.7, 0.3]])
     report = tamis.scan({"labels": np.array([0, 1, 1, 0]), "pred_probs": probs}, device="cpu")
-    assert report.summary["checks_run"] == ["label_error", "class_imbalance"]
+    assert report.summary["checks_run"] == ["label_error", "ambiguous", "class_overlap", "class_imbalance"]
     assert {s["check"] for s in report.summary["checks_skipped"]} == {
         "invalid", "exact_duplicate", "near_duplicate", "conflicting_labels", "leakage", "outlier", "off_topic",
         "split_shift"}
