@@ -214,10 +214,14 @@ class RunContext:
 
 def row_scales(rows: Any, xp: Any) -> tuple[Any, Any]:
     """``(m, r)`` per row, in float64: ``m`` the largest ``|x|`` and ``r`` the L2 norm of ``x / m``, so the
-    norm is ``m r`` without overflow or underflow (float64 rows near 1e300 or 1e-300 stay usable).
+    norm is ``m r`` without overflow or underflow (float64 rows near 1e300 or 1e-300 stay usable);
+    float32 and float16 rows cannot overflow float64 squares, so for them ``m`` is 1.
     A row is usable when both are finite and positive (NaN / inf entries give NaN / inf; zeros give 0).
     Row by row, so the same bits for any block and on every worker."""
     part = xp.asarray(rows, dtype=xp.float64)
+    if np.dtype(rows.dtype).itemsize <= 4:   # float32 / float16: squares cannot over- or underflow float64
+        r = xp.sqrt(xp.einsum("ij,ij->i", part, part))
+        return xp.ones(part.shape[0]), r
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         m = xp.max(xp.abs(part), axis=1) if part.shape[1] else xp.zeros(part.shape[0])
         unit = part / xp.where(m > 0, m, 1.0)[:, None]
@@ -231,8 +235,11 @@ def usable(m: Any, r: Any, xp: Any) -> Any:
 
 
 def scaled_rows(rows: Any, m: Any, r: Any, xp: Any) -> Any:
-    """The usable ``rows`` L2-normalised: ``(x / m) / r`` in float64, then float32; bit for bit the
-    same on every worker."""
+    """The usable ``rows`` L2-normalised, bit for bit the same on every worker: float64 rows as
+    ``(x / m) / r`` in float64, then float32; float32 / float16 rows as ``x * (1 / r)`` in float32."""
+    if np.dtype(rows.dtype).itemsize <= 4:   # float32 arithmetic, as fast as it was: no range to guard
+        inverse = 1.0 / (xp.asarray(m, dtype=xp.float64) * xp.asarray(r, dtype=xp.float64))
+        return xp.asarray(rows, dtype=xp.float32) * inverse.astype(xp.float32)[:, None]
     part = xp.asarray(rows, dtype=xp.float64)
     m = xp.asarray(m, dtype=xp.float64)[:, None]
     r = xp.asarray(r, dtype=xp.float64)[:, None]
