@@ -121,8 +121,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
                    help="storage of the normalised matrix (float16 halves memory)")
     p.add_argument("--projection", choices=PROJECTIONS, default=CLI_PROJECTION,
-                   help="map of the embeddings for report.html (default: %(default)s: UMAP when umap-learn is "
-                        "installed, else PCA)")
+                   help="map of the embeddings for report.html (default: %(default)s: tamis' own UMAP, PCA for "
+                        "stores under 8 rows; umap-learn: umap-learn's UMAP, for comparison)")
     p.add_argument("--no-projection", action="store_true", help="no map (same as --projection none)")
     p.add_argument("--projection-dims", type=int, choices=PROJECTION_DIMS, default=DEFAULTS.projection_dims,
                    help="2-D or 3-D map")

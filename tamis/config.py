@@ -28,8 +28,9 @@ from .errors import ConfigError
 DEVICES = ("auto", "cpu", "gpu")
 #: storage of the normalised embedding matrix
 PRECISIONS = ("float32", "float16")
-#: map methods; "auto" = UMAP when umap-learn is installed, else PCA; "none" = no map
-PROJECTIONS = ("auto", "umap", "tsne", "pca", "none")
+#: map methods; "umap" = tamis' own UMAP layout, "umap-learn" = umap-learn's (optional package);
+#: "auto" = tamis' UMAP (PCA for stores too small for a manifold map); "none" = no map
+PROJECTIONS = ("auto", "umap", "umap-learn", "tsne", "pca", "none")
 #: the map's dimensions
 PROJECTION_DIMS = (2, 3)
 #: the similarity search's engines (tamis.engine.search registers one class per name but "auto")

@@ -31,6 +31,7 @@ from .engine.artifacts import choose_threshold, largest_graph
 from .engine.backend import Backend, resolve_backend
 from .engine.context import RunContext
 from .engine.progress import Progress
+from .engine.projection import column_prefix
 from .errors import ConfigError
 from .io.readers import load_store
 from .io.store import Store
@@ -61,9 +62,11 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
     params : per-check parameters, e.g. ``{"class_imbalance": {"min_fraction": 0.1}}``.
     device : "auto" (GPU when usable, else CPU), "cpu" or "gpu".
     precision : "float32", or "float16" to halve the memory of the normalised matrix.
-    projection : "none" (the API's default: fastest), "auto" (UMAP when umap-learn is installed,
-        else PCA, and the summary says which ran), "umap", "tsne" (openTSNE) or "pca". The
-        coordinates become the ``<method>_x``, ``<method>_y`` (and ``_z``) columns of samples.
+    projection : "none" (the API's default: fastest), "auto" (tamis' UMAP; PCA for a store too
+        small for it, and the summary says which ran), "umap" (tamis' own layout of the run's
+        neighbour graph), "umap-learn" (umap-learn's, for comparison), "tsne" (openTSNE) or "pca".
+        The coordinates become the ``<method>_x``, ``<method>_y`` (and ``_z``) columns of samples
+        (``umap_x``... for either UMAP).
     projection_dims : 2 or 3.
     threshold : cosine similarity at or above which two rows are near duplicates; the default of
         every duplicate-family check's own ``threshold`` parameter.
@@ -231,7 +234,7 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
         report.summary["projection"] = info
         for axis, name in enumerate("xyz"[:coords.shape[1]]):
             report.samples = report.samples.append_column(
-                f"{info['method']}_{name}", pa.array(ctx.to_rows(coords[:, axis].astype(np.float64)), from_pandas=True))
+                f"{column_prefix(info['method'])}_{name}", pa.array(ctx.to_rows(coords[:, axis].astype(np.float64)), from_pandas=True))
     report.summary["search"] = ctx.search_info
     if session is not None:
         report.summary["distributed"] = session.describe()
@@ -240,17 +243,18 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
 
 def _project(ctx: RunContext, config: ScanConfig) -> tuple[np.ndarray, dict]:
     """Map coordinates of the valid rows, from the run's neighbour graph where one was built."""
-    from .engine.projection import project, project_or_fallback
+    from .engine.projection import project_or_fallback, project_with_info  # lazy: the map is optional
 
     graph = largest_graph(ctx)
     knn = None if graph is None else (graph[0], np.clip(1.0 - graph[1], 0.0, None))
-    options = dict(dims=config.projection_dims, knn=knn, xp=ctx.xp, seed=0)
-    with ctx.timed("projection"):
+    method = "umap" if config.projection == "auto" else config.projection
+    with ctx.timed("projection"), ctx.progress.task(f"map ({method})", total=None) as advance:
+        options = dict(dims=config.projection_dims, knn=knn, xp=ctx.xp, seed=0, progress=advance)
         if config.projection == "auto":
             return project_or_fallback(ctx.embeddings, method="umap", **options)
-        coords = project(ctx.embeddings, method=config.projection, **options)
-    return coords, {"requested": config.projection, "method": config.projection, "dims": config.projection_dims,
-                    "n_points": int(coords.shape[0])}
+        coords, info = project_with_info(ctx.embeddings, method=config.projection, **options)
+    info["requested"] = config.projection
+    return coords, info
 
 
 def _col_option(inp: str) -> str:

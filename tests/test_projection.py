@@ -1,4 +1,5 @@
-"""Projection to 2-D / 3-D: PCA always; UMAP and t-SNE where their packages are installed (CI installs them)."""
+"""Projection to 2-D / 3-D: PCA and tamis' UMAP always; umap-learn and t-SNE where their packages are
+installed (CI installs them)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tamis import ConfigError, InputError, resolve_backend
 from tamis.engine.projection import (
     project,
     project_or_fallback,
+    project_with_info,
 )
 
 HAS_UMAP = importlib.util.find_spec("umap") is not None
@@ -107,20 +109,23 @@ def test_bad_inputs_are_input_errors():
         project(x, method="pca", knn=(np.zeros((5, 3), dtype=int), np.zeros((5, 3))))
 
 
-@pytest.mark.parametrize("method, package", [("umap", "umap-learn"), ("tsne", "openTSNE")])
+@pytest.mark.parametrize("method, package", [("umap-learn", "umap-learn"), ("tsne", "openTSNE")])
 def test_missing_package_names_the_pip_command(monkeypatch, method, package):
-    monkeypatch.setitem(sys.modules, "umap" if method == "umap" else "openTSNE", None)  # import fails
+    monkeypatch.setitem(sys.modules, "umap" if method == "umap-learn" else "openTSNE", None)  # import fails
     x, _ = clusters(n=40)
     with pytest.raises(ConfigError, match=f"pip install {package}"):
         project(x, method=method)
 
 
-def test_fallback_to_pca_without_umap_is_recorded(monkeypatch):
+def test_tamis_umap_needs_no_package_and_replaces_a_missing_umap_learn(monkeypatch):
     monkeypatch.setitem(sys.modules, "umap", None)
-    x, _ = clusters(n=40)
+    x, labels = clusters(n=40)
     y, info = project_or_fallback(x, method="umap")
     check_map(y, 40, 2)
-    assert info["method"] == "pca" and info["requested"] == "umap" and "umap-learn" in info["fallback_reason"]
+    assert info["method"] == "umap" and info["layout"]["implementation"] == "tamis" and "fallback_reason" not in info
+    y, info = project_or_fallback(x, method="umap-learn")
+    check_map(y, 40, 2)
+    assert info["method"] == "umap" and info["requested"] == "umap-learn" and "umap-learn" in info["fallback_reason"]
     monkeypatch.setitem(sys.modules, "openTSNE", None)
     with pytest.raises(ConfigError, match="pip install openTSNE"):
         project_or_fallback(x, method="tsne")
@@ -134,25 +139,41 @@ def test_fallback_for_a_tiny_store():
 
 
 # ---------------------------------------------------------------------- UMAP and t-SNE
-@needs_umap
-@pytest.mark.slow
-def test_umap_uses_the_precomputed_graph_and_is_deterministic():
+@pytest.mark.parametrize("method", ["umap", pytest.param("umap-learn", marks=[needs_umap, pytest.mark.slow])])
+def test_umap_uses_the_precomputed_graph_and_is_deterministic(method):
     x, labels = clusters(n=200)
     ind, dist = knn_graph(x)
-    ind[0, -2:] = -1  # a row with fewer neighbours than k: umap-learn skips -1
-    y = project(x, method="umap", knn=(ind, dist), seed=3)
+    ind[0, -2:] = -1  # a row with fewer neighbours than k: both layouts skip -1
+    y = project(x, method=method, knn=(ind, dist), seed=3)
     check_map(y, len(x), 2)
-    assert np.array_equal(y, project(x, method="umap", knn=(ind, dist), seed=3))
+    assert np.array_equal(y, project(x, method=method, knn=(ind, dist), seed=3))
     assert neighbour_agreement(y, labels) > 0.9
-    y3 = project(x, method="umap", dims=3, knn=(ind, dist))
+    y3 = project(x, method=method, dims=3, knn=(ind, dist))
     check_map(y3, len(x), 3)
+    assert neighbour_agreement(y3, labels) > 0.9
 
 
-@needs_umap
-@pytest.mark.slow
-def test_umap_fits_a_sample_and_places_the_rest():
+@pytest.mark.parametrize("method", ["umap", pytest.param("umap-learn", marks=[needs_umap, pytest.mark.slow])])
+def test_umap_fits_a_sample_and_places_the_rest(method):
     x, labels = clusters(n=200)
-    y = project(x, method="umap", max_fit=120, seed=1)
+    y = project(x, method=method, max_fit=120, seed=1)
+    check_map(y, len(x), 2)
+    assert neighbour_agreement(y, labels) > 0.9
+
+
+def test_tamis_umap_says_what_drew_the_map():
+    x, _ = clusters(n=200)
+    _, info = project_with_info(x, method="umap", knn=knn_graph(x, k=10), seed=5)
+    assert info["method"] == "umap" and info["seed"] == 5 and info["n_points"] == 200 and info["n_fitted"] == 200
+    layout = info["layout"]
+    assert layout["implementation"] == "tamis" and layout["n_epochs"] == 500 and layout["init"] == "spectral"
+    assert set(layout["seconds"]) >= {"graph", "init", "optimise"} and info["seconds"] >= 0
+
+
+def test_tamis_umap_on_every_backend(device):
+    x, labels = clusters(n=200)
+    backend = resolve_backend(device)
+    y = project(backend.xp.asarray(x), method="umap", knn=knn_graph(x), xp=backend.xp)
     check_map(y, len(x), 2)
     assert neighbour_agreement(y, labels) > 0.9
 

@@ -3,9 +3,13 @@
 :func:`project` maps the L2-normalised valid-row matrix (``ctx.embeddings``, M x d) to
 M x ``dims`` float32 coordinates on the host.
 
-- ``"umap"``: umap-learn (optional, ``pip install umap-learn``); cuML's UMAP instead when
-  the matrix is a CuPy array and cuML is installed (it searches its own neighbours). When
-  the run's neighbour graph is given (``knn``) umap-learn uses it instead of searching again.
+- ``"umap"``: tamis' own UMAP layout (:mod:`tamis.engine.layout`), no extra package, on the
+  run's device (NumPy or CuPy), deterministic for a seed. It lays out the run's neighbour graph
+  (``knn``), or one it searches with :func:`tamis.engine.search.knn_graph` when none is given.
+  Above ``max_fit`` rows it fits a sample and places the rest on the graph (no ``transform``).
+- ``"umap-learn"``: umap-learn's UMAP (optional, ``pip install umap-learn``), for comparison
+  and for those who want it. When the run's neighbour graph is given (``knn``) umap-learn uses
+  it instead of searching again.
 - ``"tsne"``: openTSNE (optional, ``pip install openTSNE``): Barnes-Hut, or FFT-accelerated
   for 10k rows and more in 2-D.
 - ``"pca"``: the top principal components, computed with ``xp`` (NumPy or CuPy) and no
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 import warnings
 from types import ModuleType
 from typing import Any
@@ -40,12 +45,13 @@ log = logging.getLogger("tamis")
 #: the map methods of :data:`tamis.config.PROJECTIONS` (without "auto" and "none")
 METHODS = tuple(m for m in PROJECTIONS if m not in ("auto", "none"))
 #: where each optional method comes from: (module, pip package)
-PACKAGES = {"umap": ("umap", "umap-learn"), "tsne": ("openTSNE", "openTSNE")}
+PACKAGES = {"umap-learn": ("umap", "umap-learn"), "tsne": ("openTSNE", "openTSNE")}
 #: rows placed per ``transform`` call when M > max_fit
 TRANSFORM_BLOCK = 65_536
 #: rows per block when PCA accumulates the covariance (bounds the float64 copy to ~64 MiB)
 PCA_BLOCK_BYTES = 64 << 20
-#: UMAP neighbourhood size and t-SNE perplexity (the packages' defaults)
+#: UMAP neighbourhood size (umap-learn's default; tamis' layout takes the run's graph, k = 10 by
+#: default, and searches 15 neighbours only when it has none) and t-SNE perplexity
 N_NEIGHBORS = 15
 PERPLEXITY = 30.0
 #: openTSNE runs multi-threaded from this many fitted rows (results do not depend on the threads)
@@ -74,53 +80,76 @@ def project(embeddings: Any, *, method: str = "umap", dims: int = 2, knn: tuple 
     Cost: PCA O(M d^2) time and O(d^2 + block x d) memory; UMAP and t-SNE as their packages
     (roughly O(M log M) with a kNN search), on at most ``max_fit`` rows plus a transform.
     """
+    return project_with_info(embeddings, method=method, dims=dims, knn=knn, max_fit=max_fit, seed=seed,
+                             xp=xp)[0]
+
+
+def project_with_info(embeddings: Any, *, method: str = "umap", dims: int = 2, knn: tuple | None = None,
+                      max_fit: int = 200_000, seed: int = 0, xp: ModuleType = np,
+                      progress: Any = None) -> tuple[np.ndarray, dict]:
+    """:func:`project`, and what drew the map (``summary.json -> projection``): ``method``,
+    ``dims``, ``n_points``, ``n_fitted``, ``seed``, ``seconds`` and, for tamis' UMAP, its
+    parameters (``layout``). ``progress`` is called with the epochs done (tamis' UMAP)."""
     _validate(embeddings, method, dims, knn, max_fit)
+    clock = time.perf_counter()
     m = int(embeddings.shape[0])
+    info: dict = {"method": method, "dims": dims, "n_points": m, "seed": int(seed)}
     if method == "pca":
-        return _pca(embeddings, dims, xp)
-    module = _require(method)
+        coords = _pca(embeddings, dims, xp)
+        info.update(n_fitted=m, seconds=round(time.perf_counter() - clock, 3))
+        return coords, info
     if m < MIN_ROWS_MANIFOLD:
         raise InputError(f"{method} needs at least {MIN_ROWS_MANIFOLD} rows with a valid embedding to map, "
                          f"and there are {m}; use method='pca'")
-    if method == "umap" and xp is not np and has_module("cuml"):
-        return _umap_cuml(embeddings, dims, max_fit, seed, xp)
+    if method == "umap":
+        coords, layout = _umap_tamis(embeddings, dims, knn, max_fit, seed, xp, progress)
+        info.update(n_fitted=min(m, max_fit), layout=layout, seconds=round(time.perf_counter() - clock, 3))
+        return coords, info
+    module = _require(method)
     host = _to_host(embeddings)
     sample = _fit_sample(m, max_fit, seed)
     if sample is not None:
         log.info("%s: fitting on %d of %d rows, placing the rest with transform", method, len(sample), m)
         knn = None
     fit_rows = host if sample is None else host[sample]
-    if method == "umap":
+    if method == "umap-learn":
         model, coords = _umap_fit(module, fit_rows, dims, knn, seed)
     else:
         model, coords = _tsne_fit(module, fit_rows, dims, knn, seed)
-    if sample is None:
-        return np.ascontiguousarray(coords, dtype=np.float32)
-    return _place_rest(model, host, sample, coords, dims)
+    if sample is not None:
+        coords = _place_rest(model, host, sample, coords, dims)
+    info.update(n_fitted=min(m, max_fit), seconds=round(time.perf_counter() - clock, 3))
+    return np.ascontiguousarray(coords, dtype=np.float32), info
+
+
+def column_prefix(method: str) -> str:
+    """The samples' map columns are ``<prefix>_x``, ``_y`` (``_z``): "umap" for either UMAP."""
+    return "umap" if method.startswith("umap") else method
 
 
 def project_or_fallback(embeddings: Any, *, method: str = "umap", **kwargs: Any) -> tuple[np.ndarray, dict]:
-    """:func:`project`, with PCA instead of UMAP when umap-learn is missing or the store is tiny.
+    """:func:`project_with_info`, with PCA instead of a manifold map when the store is tiny, and
+    tamis' UMAP instead of umap-learn's when umap-learn is missing.
 
-    Returns ``(coords, info)``: ``info`` is what goes into ``summary.json``: ``method`` (what
-    ran), ``requested``, ``dims``, ``n_points``, ``n_fitted`` (rows fitted; the rest were placed
-    with ``transform``), ``seed`` and, after a fallback, ``fallback_reason``.
-    t-SNE is never replaced: asking for it without openTSNE is an error.
+    Returns ``(coords, info)``: ``info`` (see :func:`project_with_info`) plus ``requested``
+    and, after a fallback, ``fallback_reason``. t-SNE is never replaced by another method:
+    asking for it without openTSNE is an error.
     """
-    info: dict = {"requested": method, "method": method}
     m = int(embeddings.shape[0])
     reason = None
-    if method == "umap" and not has_module(PACKAGES["umap"][0]):
-        reason = f"umap-learn is not installed (pip install {PACKAGES['umap'][1]})"
-    elif method in PACKAGES and m < MIN_ROWS_MANIFOLD:
+    chosen = method
+    if method == "umap-learn" and not has_module(PACKAGES["umap-learn"][0]):
+        reason = f"umap-learn is not installed (pip install {PACKAGES['umap-learn'][1]}); tamis' own UMAP drew the map"
+        chosen = "umap"
+    if chosen in ("umap", "umap-learn", "tsne") and m < MIN_ROWS_MANIFOLD:
         reason = f"only {m} rows with a valid embedding (UMAP and t-SNE need {MIN_ROWS_MANIFOLD})"
+        chosen = "pca"
     if reason is not None:
-        log.warning("projection: %s; using PCA instead", reason)
-        info.update(method="pca", fallback_reason=reason)
-    coords = project(embeddings, method=info["method"], **kwargs)
-    fitted = m if info["method"] == "pca" else min(m, int(kwargs.get("max_fit", 200_000)))
-    info.update(dims=int(coords.shape[1]), n_points=int(coords.shape[0]), n_fitted=fitted,
-                seed=int(kwargs.get("seed", 0)))
+        log.warning("projection: %s; using %s instead", reason, chosen)
+    coords, info = project_with_info(embeddings, method=chosen, **kwargs)
+    info["requested"] = method
+    if reason is not None:
+        info["fallback_reason"] = reason
     return coords, info
 
 
@@ -262,24 +291,20 @@ def _tsne_fit(open_tsne: ModuleType, x: np.ndarray, dims: int, knn: tuple | None
     return embedding, np.asarray(embedding, dtype=np.float32)
 
 
-def _umap_cuml(embeddings: Any, dims: int, max_fit: int, seed: int, xp: ModuleType) -> np.ndarray:
-    """cuML's UMAP on the device. Euclidean on unit vectors orders neighbours as cosine does."""
-    from cuml.manifold import UMAP  # lazy: GPU-only
+def _umap_tamis(embeddings: Any, dims: int, knn: tuple | None, max_fit: int, seed: int, xp: ModuleType,
+                progress: Any) -> tuple[np.ndarray, dict]:
+    """tamis' UMAP layout of the run's graph (or of one searched here), started from the PCA."""
+    from .layout import umap_layout
+    from .search import knn_graph
 
     m = int(embeddings.shape[0])
-    x = xp.asarray(embeddings, dtype=xp.float32)
-    sample = _fit_sample(m, max_fit, seed)
-    model = UMAP(n_components=dims, n_neighbors=min(N_NEIGHBORS, m - 1), random_state=seed, metric="euclidean")
-    if sample is None:
-        return to_host(model.fit_transform(x)).astype(np.float32)
-    fitted = to_host(model.fit_transform(x[xp.asarray(sample)])).astype(np.float32)
-    out = np.empty((m, dims), dtype=np.float32)
-    out[sample] = fitted
-    rest = np.setdiff1d(np.arange(m), sample, assume_unique=True)
-    for start in range(0, len(rest), TRANSFORM_BLOCK):
-        take = rest[start:start + TRANSFORM_BLOCK]
-        out[take] = to_host(model.transform(x[xp.asarray(take)])).astype(np.float32)
-    return out
+    if knn is None:
+        found = knn_graph(embeddings, min(N_NEIGHBORS - 1, m - 1), xp=xp, seed=seed)
+        knn = (to_host(found[0]), np.clip(1.0 - np.asarray(to_host(found[1]), dtype=np.float64), 0.0, None))
+    start = _pca(embeddings, dims, xp)
+    coords, info = umap_layout(knn[0], knn[1], start, dims=dims, seed=seed, max_fit=max_fit, xp=xp,
+                               progress=progress)
+    return coords.astype(np.float32), info.as_dict()
 
 
-__all__ = ["project", "project_or_fallback", "METHODS"]
+__all__ = ["project", "project_with_info", "project_or_fallback", "column_prefix", "METHODS"]
