@@ -342,3 +342,19 @@ def test_write_plots(scanned, tmp_path):
     assert [p.name for p in write_plots(scanned["report"], tmp_path / "nomap")] == \
         ["near_duplicate_histogram.png", "class_imbalance_class_counts.png"]
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_the_page_says_what_drew_the_map(browser, scanned, tmp_path):
+    emb = np.random.default_rng(3).normal(size=(scanned["n"], 8)).astype(np.float32)
+    report = tamis.scan({"embeddings": emb, "labels": scanned["labels"]}, device="cpu", projection="umap")
+    proj = report.summary["projection"]
+    assert proj["method"] == "umap" and proj["layout"]["implementation"] == "tamis"
+    html = write_html_report(report, tmp_path / "r")
+    p = Page(browser, html)
+    try:
+        about = p.page.locator("#projection-about").inner_text()
+        assert "UMAP (tamis)" in about and "epochs" in about and f"{scanned['n']:,} points" in about
+        assert p.js("tamisReport.drawnCount()") == scanned["n"]
+        assert p.errors == []
+    finally:
+        p.context.close()

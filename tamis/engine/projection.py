@@ -97,14 +97,14 @@ def project_with_info(embeddings: Any, *, method: str = "umap", dims: int = 2, k
     if method == "pca":
         coords = _pca(embeddings, dims, xp)
         info.update(n_fitted=m, seconds=round(time.perf_counter() - clock, 3))
-        return coords, info
+        return coords, _described(info)
     if m < MIN_ROWS_MANIFOLD:
         raise InputError(f"{method} needs at least {MIN_ROWS_MANIFOLD} rows with a valid embedding to map, "
                          f"and there are {m}; use method='pca'")
     if method == "umap":
         coords, layout = _umap_tamis(embeddings, dims, knn, max_fit, seed, xp, progress)
         info.update(n_fitted=min(m, max_fit), layout=layout, seconds=round(time.perf_counter() - clock, 3))
-        return coords, info
+        return coords, _described(info)
     module = _require(method)
     host = _to_host(embeddings)
     sample = _fit_sample(m, max_fit, seed)
@@ -119,7 +119,24 @@ def project_with_info(embeddings: Any, *, method: str = "umap", dims: int = 2, k
     if sample is not None:
         coords = _place_rest(model, host, sample, coords, dims)
     info.update(n_fitted=min(m, max_fit), seconds=round(time.perf_counter() - clock, 3))
-    return np.ascontiguousarray(coords, dtype=np.float32), info
+    return np.ascontiguousarray(coords, dtype=np.float32), _described(info)
+
+
+def _described(info: dict) -> dict:
+    """``info["description"]``: one line saying what drew the map, how, and how long it took."""
+    names = {"umap": "UMAP (tamis)", "umap-learn": "UMAP (umap-learn)", "tsne": "t-SNE (openTSNE)", "pca": "PCA"}
+    parts = [f"{names.get(info['method'], info['method'])}, {info['dims']}-D, {info['n_points']:,} points"]
+    layout = info.get("layout")
+    if layout:
+        parts.append(f"{layout['n_epochs']} epochs from a {layout['init']} start, min_dist {layout['min_dist']}, "
+                     f"{layout['n_edges']:,} graph edges")
+    if info.get("n_fitted", info["n_points"]) < info["n_points"]:
+        parts.append(f"fitted on {info['n_fitted']:,} rows, the rest placed")
+    if info["method"] != "pca":
+        parts.append(f"seed {info['seed']}")
+    parts.append(f"{info['seconds']:.1f} s")
+    info["description"] = "; ".join(parts)
+    return info
 
 
 def column_prefix(method: str) -> str:

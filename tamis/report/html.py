@@ -229,6 +229,7 @@ def _payload(report: Report, xy: np.ndarray | None, coords: Any, nn: np.ndarray 
             "method": proj.get("method"),
             "dims": int(np.shape(coords)[1]) if coords is not None else None,
             "fallback_reason": proj.get("fallback_reason"),
+            "description": proj.get("description"),
         },
     }
     payload = {

@@ -340,7 +340,8 @@
       scatterSection.append(h("p", { class: "muted", text: "No projection in this report (scan with --projection umap, tsne or pca)." }));
       return;
     }
-    if (proj.fallback_reason) scatterSection.append(h("p", { class: "note warn", text: "PCA was used: " + proj.fallback_reason }));
+    if (proj.description) scatterSection.append(h("p", { class: "muted", id: "projection-about", text: proj.description }));
+    if (proj.fallback_reason) scatterSection.append(h("p", { class: "note warn", text: proj.method.toUpperCase() + " was used: " + proj.fallback_reason }));
     if (proj.dims === 3) scatterSection.append(h("p", { class: "note", text: "3-D projection: the first two axes are drawn." }));
     // rows with a point, flagged ones drawn last so issues stay visible
     let nClean = 0, nFlag = 0;
