@@ -3,6 +3,7 @@
 Small data only; the runner's subprocess path is exercised by `python -m bench.run`, not here.
 """
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 # bench/ is a top-level folder of the repository, not part of the installed package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.generate import GenerateConfig, generate, write  # noqa: E402
+from bench.generate import GenerateConfig, RealisticConfig, generate, write  # noqa: E402
+from bench.generate import _realistic_layout  # noqa: E402
 from bench.generate import main as generate_main
 from bench.run import markdown, result_rows  # noqa: E402
 from bench.scoring import (  # noqa: E402
@@ -201,6 +203,329 @@ def test_config_rejects_bad_settings():
         generate(GenerateConfig(n=1000, classes=5, counts={"dupes": 1}))
     with pytest.raises(ValueError, match="more than half"):
         generate(GenerateConfig(n=1000, classes=5, label_error_rate=0.6))
+
+
+def _fingerprint(s):
+    """sha256 of the integer and string arrays and of truth.json without its float cosines
+    (floats are compared with a tolerance below, so a BLAS change does not break the pin)."""
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k != "cosines"}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    h = hashlib.sha256()
+    for key in ("labels", "split", "ids", "image_paths"):
+        h.update(np.ascontiguousarray(s.arrays[key]).tobytes())
+    h.update(json.dumps(strip(s.truth), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def test_easy_mode_output_is_pinned(small):
+    # values computed with bench/generate.py before the realistic mode was added: the default
+    # (easy) output of a seed must not change
+    _, s = small
+    assert _fingerprint(s) == "d2988874f76b3ae2d31ce564e96553ddfd0b00101943b6358afa87747d1311bc"
+    emb, probs = s.arrays["embeddings"], s.arrays["pred_probs"]
+    np.testing.assert_allclose(emb[[0, 1500, 2999], [0, 64, 127]],
+                               [0.17309652268886566, -0.1807851791381836, 0.04436623305082321],
+                               rtol=1e-5)
+    assert np.nansum(emb, dtype=np.float64) == pytest.approx(-4306.97449457524, rel=1e-6)
+    np.testing.assert_allclose(probs[[0, 1500, 2999], [0, 5, 9]],
+                               [1.6766517063615538e-08, 0.0012592736165970564,
+                                1.5469330492123845e-06], rtol=1e-3)
+    assert s.truth["near_duplicate"]["cosines"][:3] == pytest.approx([0.982787, 0.984567, 0.976941],
+                                                                     abs=2e-6)
+    assert "generator" not in s.truth["meta"] and "off_topic" not in s.truth
+
+
+# ---- realistic mode ------------------------------------------------------------------------
+
+ROW_ISSUES = ("exact_duplicate", "near_duplicate", "leakage", "label_error", "outlier", "invalid",
+              "off_topic")
+
+
+@pytest.fixture(scope="module")
+def real():
+    cfg = RealisticConfig(n=5000, d=64, classes=20, seed=3, counts={"invalid": 4, "off_topic": 150})
+    return cfg, generate(cfg)
+
+
+def _true_classes(s):
+    """Each row's generating class, from the truth alone (junk rows have none: -1)."""
+    t = s.truth
+    true = s.arrays["labels"].copy()
+    true[t["label_error"]["rows"]] = t["label_error"]["true_labels"]
+    for src, copy in t["conflicting_labels"]["pairs"]:
+        true[copy] = true[src]
+    true[t["off_topic"]["rows"]] = -1
+    return true
+
+
+def _clean_rows(s):
+    """Rows in no planted issue (label errors aside)."""
+    t = s.truth
+    used = set().union(*(t[k]["rows"] for k in ROW_ISSUES if k != "label_error"))
+    return np.setdiff1d(np.arange(len(s.arrays["labels"])), sorted(used))
+
+
+def test_realistic_deterministic_for_a_seed(real):
+    cfg, first = real
+    again = generate(RealisticConfig(**{**cfg.__dict__}))
+    for key, value in first.arrays.items():
+        np.testing.assert_array_equal(value, again.arrays[key], err_msg=key)
+    assert json.dumps(first.truth) == json.dumps(again.truth)
+    other = generate(RealisticConfig(**{**cfg.__dict__, "seed": 4}))
+    assert not np.array_equal(np.nan_to_num(first.arrays["embeddings"]),
+                              np.nan_to_num(other.arrays["embeddings"]))
+    # not the easy mode under another name
+    easy = generate(GenerateConfig(n=cfg.n, d=cfg.d, classes=cfg.classes, seed=cfg.seed))
+    assert not np.array_equal(easy.arrays["labels"], first.arrays["labels"])
+
+
+def test_realistic_cosine_structure(real):
+    cfg, s = real
+    t = s.truth
+    true = _true_classes(s)
+    sup = np.array(t["meta"]["realistic"]["superclass_of_class"])
+    assert sup.tolist() == (np.arange(20) // 5).tolist()  # 4 superclasses of 5 siblings
+    keep = np.setdiff1d(np.arange(cfg.n), t["outlier"]["rows"] + t["off_topic"]["rows"]
+                        + t["invalid"]["rows"])
+    rows = np.random.default_rng(0).choice(keep, 2500, replace=False)
+    x = s.arrays["embeddings"][rows].astype(np.float64)
+    sim = x @ x.T
+    c = true[rows]
+    upper = np.triu(np.ones_like(sim, dtype=bool), k=1)
+    same = (c[:, None] == c[None, :]) & upper
+    sibling = (sup[c][:, None] == sup[c][None, :]) & upper & ~same
+    measured = {"random": sim[upper].mean(), "sibling": sim[sibling].mean(),
+                "same_class": sim[same].mean()}
+    print("mean cosines (test sample):", measured)
+    assert measured["random"] < measured["sibling"] - 0.15 < measured["same_class"] - 0.2
+    assert measured["random"] == pytest.approx(0.44, abs=0.05)
+    assert measured["sibling"] == pytest.approx(0.68, abs=0.05)
+    assert measured["same_class"] == pytest.approx(0.75, abs=0.05)
+    reported = t["meta"]["realistic"]["measured_cosines"]
+    for kind, value in measured.items():
+        assert reported[kind] == pytest.approx(value, abs=0.02), kind
+    # one strong common direction: the mean row is long, and the spectrum is anisotropic
+    assert np.linalg.norm(x.mean(axis=0)) > 0.6
+    ev = np.linalg.eigvalsh(np.cov((x - x.mean(axis=0)).T))[::-1]
+    assert ev[:10].sum() > 0.5 * ev.sum() and ev[cfg.d // 2:].sum() < 0.1 * ev.sum()
+
+
+def test_realistic_modes_are_sub_clusters(real):
+    cfg, s = real
+    lay = _realistic_layout(cfg, np.random.default_rng([cfg.seed, 10]))  # the generator's layout
+    modes = np.array(s.truth["meta"]["realistic"]["modes_per_class"])
+    assert ((modes >= 2) & (modes <= 4)).all() and len(set(modes.tolist())) > 1
+    assert modes.tolist() == lay.modes.tolist()
+    clean = _clean_rows(s)
+    clean = clean[lay.lean_weight[clean] == 0]  # pure rows
+    emb = s.arrays["embeddings"]
+    accs, gaps = [], []
+    for c in np.flatnonzero(np.bincount(lay.true_class[clean], minlength=cfg.classes) >= 60):
+        r = clean[lay.true_class[clean] == c]
+        m = lay.mode[r]
+        if len(np.unique(m)) < 2:
+            continue
+        x = emb[r]
+        centres = np.stack([x[m == j].mean(axis=0) for j in np.unique(m)])
+        accs.append(np.mean(np.unique(m)[(x @ centres.T).argmax(axis=1)] == m))
+        sim = x @ x.T
+        same = m[:, None] == m[None, :]
+        np.fill_diagonal(same, False)
+        gaps.append(sim[same].mean() - sim[m[:, None] != m[None, :]].mean())
+    assert len(accs) >= 5
+    assert np.mean(accs) > 0.85 and np.mean(gaps) > 0.02
+
+
+def test_realistic_class_sizes_are_zipf(real):
+    cfg, s = real
+    sizes = np.bincount(_true_classes(s)[_true_classes(s) >= 0], minlength=cfg.classes)
+    assert 15 < sizes.max() / sizes.min() < 26
+    assert sizes.max() > 5 * np.median(sizes)  # a long tail, not a few rare classes
+    assert s.truth["meta"]["realistic"]["class_size_ratio"] == pytest.approx(20, rel=0.1)
+    assert s.truth["class_imbalance"]["classes"] == []  # no planted rare class by default
+
+
+def test_realistic_label_noise(real):
+    cfg, s = real
+    t = s.truth
+    le = t["label_error"]
+    rows, given, true = (np.array(le[k]) for k in ("rows", "given_labels", "true_labels"))
+    assert len(rows) == round(0.05 * cfg.n)
+    assert (s.arrays["labels"][rows] == given).all() and (given != true).all()
+    sup = np.array(t["meta"]["realistic"]["superclass_of_class"])
+    to_sibling = sup[given] == sup[true]
+    assert to_sibling.tolist() == le["to_sibling"]
+    assert to_sibling.mean() == pytest.approx(0.7, abs=0.02)
+    # flip rates vary by class
+    classes = _true_classes(s)
+    rate = np.bincount(true, minlength=cfg.classes) / np.bincount(classes[classes >= 0],
+                                                                  minlength=cfg.classes)
+    assert rate.max() > 3 * rate.min() and rate.max() < 0.5
+    rates = t["meta"]["realistic"]["label_noise"]
+    assert rates["rate"] == pytest.approx(0.05)
+    assert rates["sibling_share"] == pytest.approx(0.7, abs=0.02)
+
+
+def test_realistic_flips_take_the_most_ambiguous_rows_first(real):
+    cfg, s = real
+    t = s.truth
+    lean = t["meta"]["realistic"]["leaning"]
+    weight = np.zeros(cfg.n)
+    towards = np.full(cfg.n, -1)
+    weight[lean["rows"]], towards[lean["rows"]] = lean["weights"], lean["towards"]
+    assert 0.1 < len(lean["rows"]) / cfg.n < 0.2
+    sup = np.array(t["meta"]["realistic"]["superclass_of_class"])
+    assert (sup[towards[lean["rows"]]] == sup[s.arrays["labels"][lean["rows"]]]).mean() > 0.9
+    le = t["label_error"]
+    rows, given, true = (np.array(le[k]) for k in ("rows", "given_labels", "true_labels"))
+    sib = np.array(le["to_sibling"])
+    leaning_flips = sib & (weight[rows] > 0)
+    assert leaning_flips.sum() > 0.9 * sib.sum()
+    # labelled with the sibling they lean towards
+    assert (given[leaning_flips] == towards[rows[leaning_flips]]).all()
+    unflipped = np.setdiff1d(_clean_rows(s), rows)
+    # the most mixed rows (weights 0.1-0.5): well above the mixed rows left alone
+    assert np.median(weight[rows[sib]]) > np.median(weight[unflipped][weight[unflipped] > 0]) + 0.1
+    checked = 0
+    for c in range(cfg.classes):
+        flipped_w = weight[rows[leaning_flips & (true == c)]]
+        other_w = weight[unflipped[_true_classes(s)[unflipped] == c]]
+        if len(flipped_w) and len(other_w):
+            assert flipped_w.min() >= other_w.max(), c
+            checked += 1
+    assert checked >= 15
+
+
+def test_realistic_off_topic_junk(real):
+    cfg, s = real
+    t = s.truth
+    junk = t["off_topic"]
+    assert len(junk["rows"]) == 150 and len(junk["clusters"]) == 3
+    assert sorted(sum(junk["clusters"], [])) == junk["rows"]
+    emb, labels = s.arrays["embeddings"], s.arrays["labels"]
+    centres = []
+    for cluster in junk["clusters"]:
+        x = emb[cluster]
+        sim = x @ x.T
+        off = ~np.eye(len(cluster), dtype=bool)
+        assert 0.8 < sim[off].mean() < 0.9 and sim[off].min() > 0.7 and sim[off].max() < 0.97
+        counts = np.bincount(labels[cluster], minlength=cfg.classes)
+        assert counts.max() < 0.25 * len(cluster) and (counts > 0).sum() >= 10  # random labels
+        centres.append(x.mean(axis=0))
+    c = np.array(centres) / np.linalg.norm(centres, axis=1, keepdims=True)
+    assert (c @ c.T)[~np.eye(3, dtype=bool)].max() < 0.6  # three separate clusters
+    clean = emb[_clean_rows(s)]
+    assert (emb[junk["rows"]] @ clean.T).mean() < 0.45  # not of the data's topic
+    # defaults: 0.5 % junk and 0.5 % outliers
+    assert RealisticConfig(n=100_000).planted_counts()["off_topic"] == 500
+    assert RealisticConfig(n=100_000).planted_counts()["outlier"] == 500
+
+
+def test_realistic_outliers_are_random_directions(real):
+    cfg, s = real
+    emb = s.arrays["embeddings"]
+    out = np.array(s.truth["outlier"]["rows"])
+    assert len(out) == round(0.005 * cfg.n)
+    clean = emb[_clean_rows(s)]
+    to_data = emb[out] @ clean.T
+    assert np.abs(to_data.mean()) < 0.1 and to_data.max() < 0.6
+    nn = clean[:500] @ clean.T
+    np.fill_diagonal(nn, -1)
+    assert to_data.max(axis=1).max() < np.median(nn.max(axis=1)) - 0.3
+
+
+def test_realistic_truth_is_consistent(real):
+    cfg, s = real
+    t = s.truth
+    rows = {k: set(t[k]["rows"]) for k in ROW_ISSUES}
+    for k, r in rows.items():
+        assert all(0 <= i < cfg.n for i in r), k
+        assert len(t[k]["rows"]) == len(r), f"{k} has repeated rows"
+    names = list(rows)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            assert not rows[x] & rows[y], (x, y)
+    assert set(t["conflicting_labels"]["rows"]) <= rows["near_duplicate"]
+    for k in PAIR_TYPES:
+        assert set(t[k]["excluded_rows"]) <= set(t[k]["rows"])
+    for k in (*PAIR_TYPES, *ROW_ISSUES):
+        assert not set(t[k]["ignore_rows"]) & set(t[k]["rows"]), k
+    assert rows["off_topic"] <= set(t["label_error"]["ignore_rows"])
+    assert rows["off_topic"] <= set(t["outlier"]["ignore_rows"])
+    counts = t["meta"]["planted_counts"]
+    for k in PAIR_TYPES:  # conflicting pairs are near-duplicate pairs too
+        extra = counts["conflicting_labels"] if k == "near_duplicate" else 0
+        assert len(t[k]["pairs"]) == counts[k] + extra > 0, k
+    assert counts["off_topic"] == 150 and len(t["invalid"]["rows"]) == 4
+    assert t["meta"]["generator"] == "realistic" and t["meta"]["config"]["off_topic_rate"] == 0.005
+    # only the planted pairs are near duplicates: junk clusters and mixed rows stay below 0.97
+    emb = np.nan_to_num(s.arrays["embeddings"]).astype(np.float64)
+    sim = emb @ emb.T
+    a, b = np.nonzero(np.triu(sim >= 0.97, k=1))
+    planted = {tuple(sorted(p)) for k in PAIR_TYPES for p in t[k]["pairs"]}
+    assert set(zip(a.tolist(), b.tolist())) == planted
+    json.dumps(t, allow_nan=False)  # strict JSON
+
+
+def test_realistic_pred_probs(real):
+    cfg, s = real
+    t = s.truth
+    probs = s.arrays["pred_probs"]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    true = _true_classes(s)
+    keep = np.setdiff1d(np.arange(cfg.n), t["outlier"]["rows"] + t["off_topic"]["rows"]
+                        + t["invalid"]["rows"])
+    pred = probs[keep].argmax(axis=1)
+    wrong = pred != true[keep]
+    assert 0.03 < wrong.mean() < 0.25  # imperfect
+    sup = np.array(t["meta"]["realistic"]["superclass_of_class"])
+    assert (sup[pred[wrong]] == sup[true[keep][wrong]]).mean() > 0.6  # siblings (chance: 4/19)
+    assert t["meta"]["realistic"]["pred_accuracy"] == pytest.approx(1 - wrong.mean(), abs=1e-3)
+    le = t["label_error"]
+    rows, given, tl = (np.array(le[k]) for k in ("rows", "given_labels", "true_labels"))
+    far = ~np.array(le["to_sibling"])
+    assert np.mean(probs[rows[far]].argmax(axis=1) == tl[far]) > 0.7  # follows the TRUE class
+    assert np.median(probs[rows[far], given[far]]) < 0.05
+    near = ~far  # ambiguous rows flipped to the sibling they lean to: harder, still leaning true
+    assert np.mean(probs[rows[near], tl[near]] > probs[rows[near], given[near]]) > 0.55
+    inv = t["invalid"]["rows"]
+    np.testing.assert_allclose(probs[inv], 1.0 / cfg.classes, atol=1e-6)
+
+
+def test_realistic_hierarchy_generalises():
+    s = generate(RealisticConfig(n=3000, d=32, classes=22, seed=1))
+    sup = s.truth["meta"]["realistic"]["superclass_of_class"]
+    assert sup == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 7  # classes // 5, the last takes the rest
+    m = s.truth["meta"]["realistic"]["measured_cosines"]
+    assert m["random"] < m["sibling"] < m["same_class"]
+
+
+def test_realistic_cli(tmp_path, capsys):
+    code = generate_main(["--realistic", "--n", "2000", "--d", "32", "--classes", "10", "--out",
+                          str(tmp_path), "--count", "off_topic=30"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "realistic: mean cosines" in out
+    truth = load_truth(tmp_path)
+    assert truth["meta"]["generator"] == "realistic" and len(truth["off_topic"]["rows"]) == 30
+    assert len(truth["label_error"]["rows"]) == 100  # the realistic default rate, 5 %
+    assert generate_main(["--n", "500", "--classes", "5", "--off-topic-rate", "0.01", "--out",
+                          str(tmp_path / "x")]) == 2
+    assert "--realistic" in capsys.readouterr().err
+
+
+def test_realistic_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="d >= 8"):
+        generate(RealisticConfig(n=1000, d=4, classes=10))
+    with pytest.raises(ValueError, match="target_cosine"):
+        generate(RealisticConfig(n=1000, d=16, classes=10, target_cosine_sibling=0.8))
+    with pytest.raises(ValueError, match="unknown issue types"):
+        generate(GenerateConfig(n=1000, classes=5, counts={"off_topic": 3}))
 
 
 # ---- scoring -------------------------------------------------------------------------------
