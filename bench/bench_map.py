@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tamis.engine.projection import project  # noqa: E402
+from tamis.engine.projection import project_with_info  # noqa: E402
 from tamis.engine.search import knn_graph  # noqa: E402
 
 NEIGHBOURS = 10
@@ -61,8 +61,9 @@ def load(store: Path) -> tuple[np.ndarray, np.ndarray]:
 def quality(x: np.ndarray, coords: np.ndarray, labels: np.ndarray, sample: np.ndarray) -> dict:
     """Neighbourhood preservation and kNN class accuracy on the map, for the sampled rows."""
     kept, right = 0, 0
-    for start in range(0, len(sample), 512):
-        rows = sample[start:start + 512]
+    chunk = max(1, min(512, 50_000_000 // len(x)))   # rows per pass: ~0.5 GB of map distances
+    for start in range(0, len(sample), chunk):
+        rows = sample[start:start + chunk]
         sims = x[rows] @ x.T
         sims[np.arange(len(rows)), rows] = -np.inf
         true_nn = np.argpartition(-sims, NEIGHBOURS, axis=1)[:, :NEIGHBOURS]
@@ -77,13 +78,14 @@ def quality(x: np.ndarray, coords: np.ndarray, labels: np.ndarray, sample: np.nd
             "class_separation": round(right / len(sample), 4)}
 
 
-def run_tamis(x: np.ndarray, knn: tuple, dims: int, max_fit: int) -> tuple[np.ndarray, float]:
+def run_tamis(x: np.ndarray, knn: tuple, dims: int, max_fit: int) -> tuple[np.ndarray, float, dict]:
     clock = time.perf_counter()
-    coords = project(x, method="umap", dims=dims, knn=knn, seed=0, max_fit=max_fit)
-    return coords, time.perf_counter() - clock
+    coords, info = project_with_info(x, method="umap", dims=dims, knn=knn, seed=0, max_fit=max_fit)
+    return coords, time.perf_counter() - clock, {"stages": info["layout"]["seconds"], "n_fitted": info["n_fitted"],
+                                                 "n_epochs": info["layout"]["n_epochs"]}
 
 
-def run_umap_learn(x: np.ndarray, knn: tuple, dims: int, seeded: bool) -> tuple[np.ndarray, float]:
+def run_umap_learn(x: np.ndarray, knn: tuple, dims: int, seeded: bool) -> tuple[np.ndarray, float, dict]:
     import umap  # noqa: PLC0415 - a peer, imported only when benchmarked
 
     ind, dist = knn
@@ -96,7 +98,7 @@ def run_umap_learn(x: np.ndarray, knn: tuple, dims: int, seeded: bool) -> tuple[
     model = umap.UMAP(n_components=dims, n_neighbors=k, metric="cosine", precomputed_knn=(ind_full, dist_full),
                       **kwargs)
     coords = model.fit_transform(x)
-    return np.asarray(coords, dtype=np.float32), time.perf_counter() - clock
+    return np.asarray(coords, dtype=np.float32), time.perf_counter() - clock, {"n_epochs": model.n_epochs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,14 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=2000)
     p.add_argument("--max-fit", type=int, default=200_000)
     p.add_argument("--umap-learn-unseeded", action="store_true")
+    p.add_argument("--graph-cache", type=Path,
+                   help="npz holding the neighbour graph (indices, sims): read when it exists, else written")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     x, labels = load(args.store)
     m = len(x)
     clock = time.perf_counter()
-    graph = knn_graph(x, args.k)
+    if args.graph_cache is not None and args.graph_cache.exists():
+        cached = np.load(args.graph_cache)
+        indices, sims = cached["indices"][:, :args.k], cached["sims"][:, :args.k]
+    else:
+        indices, sims = (np.asarray(a) for a in knn_graph(x, args.k)[:2])
+        if args.graph_cache is not None:
+            np.savez(args.graph_cache, indices=indices, sims=sims)
     graph_s = time.perf_counter() - clock
-    knn = (np.asarray(graph[0]), np.clip(1.0 - np.asarray(graph[1], dtype=np.float64), 0.0, None))
+    knn = (indices, np.clip(1.0 - np.asarray(sims, dtype=np.float64), 0.0, None))
     sample = np.sort(np.random.default_rng(1).choice(m, size=min(args.sample, m), replace=False))
     rows = []
     systems = args.systems.split(",")
@@ -127,13 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.umap_learn_unseeded:
             runs.append(("umap-learn (no seed, parallel)", lambda: run_umap_learn(x, knn, args.dims, False)))
     for name, fn in runs:
-        coords, seconds = fn()
+        coords, seconds, extra = fn()
         row = {"system": name, "n": m, "d": int(x.shape[1]), "dims": args.dims, "k": args.k,
-               "seconds": round(seconds, 2), **quality(x, coords, labels, sample)}
+               "seconds": round(seconds, 2), **quality(x, coords, labels, sample), **extra}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nstore {args.store} ({m} x {x.shape[1]}), neighbour graph k={args.k}: {graph_s:.1f} s "
-          f"(built once, shared)\n")
+          f"({'read from ' + str(args.graph_cache) if args.graph_cache and graph_s < 5 else 'built once, shared'})\n")
     print("| system | seconds | neighbourhood preservation | class separation |")
     print("|---|---|---|---|")
     for r in rows:

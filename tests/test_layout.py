@@ -121,6 +121,15 @@ def test_epoch_is_the_same_for_any_block_size():
                                                      block_edges=block), whole)
 
 
+def test_an_epoch_cut_into_parts_sums_to_the_whole_epoch():
+    Y, head, tail, rate = small_problem(m=100, e=900)
+    a, b = curve_params()
+    whole = layout_epoch_reference(Y, head, tail, rate, epoch=4, alpha=0.9, a=a, b=b, seed=3)
+    parts = sum(layout_epoch_reference(Y, head[lo:hi], tail[lo:hi], rate[lo:hi], epoch=4, alpha=0.9, a=a, b=b,
+                                       seed=3, edge_offset=lo) for lo, hi in ((0, 250), (250, 251), (251, 900)))
+    assert np.array_equal(parts, whole)
+
+
 def test_edges_fire_as_often_as_their_rate_says():
     rate = np.array([1.0, 0.5, 0.25, 0.1, 0.013], dtype=np.float32)
     fired = np.zeros(len(rate), dtype=int)
@@ -248,10 +257,28 @@ def test_map_does_not_depend_on_the_blas_threads():
 def test_a_fitted_sample_places_the_rest_with_their_cluster():
     x, labels = clusters(n=500)
     ind, dist = knn(x)
-    y, info = umap_layout(ind, dist, pca(x), seed=0, max_fit=150)
+    sample = np.sort(np.random.default_rng(0).choice(500, 150, replace=False))
+    y, info = umap_layout(ind, dist, pca(x), seed=0, sample=sample, sample_graph=knn(x[sample]))
     assert np.isfinite(y).all()
     assert agreement(y, labels) > 0.9
-    assert {"place", "refine"} <= set(info.seconds)
+    assert {"sample_graph", "place", "refine"} <= set(info.seconds)
+    whole, _ = umap_layout(ind, dist, pca(x), seed=0)
+    assert not np.array_equal(y, whole)
+
+
+def test_placing_puts_a_row_at_the_mean_of_its_placed_neighbours():
+    from tamis.engine.layout import Graph, LayoutInfo, place
+
+    # a path 0 - 1 - 2 - 3 and an isolated row 4; rows 0 and 3 fitted
+    head = np.array([0, 1, 1, 2, 2, 3])
+    tail = np.array([1, 0, 2, 1, 3, 2])
+    graph = Graph(head, tail, np.ones(6, np.float32), 5)
+    start = np.arange(10, dtype=np.float64).reshape(5, 2)
+    fitted = np.array([[0.0, 9.0], [0.0, 3.0]], dtype=np.float32)   # (dims, sample)
+    Y = place(graph, np.array([0, 3]), fitted, start, 0, LayoutInfo())
+    assert np.allclose(Y[:, 0], [0, 0]) and np.allclose(Y[:, 3], [9, 3])
+    assert np.allclose(Y[:, 1], [0, 0]) and np.allclose(Y[:, 2], [9, 3])  # one placed neighbour each
+    assert np.isfinite(Y[:, 4]).all() and np.abs(Y[:, 4]).max() <= 10.001  # no path: its scaled start
 
 
 def test_optimise_keeps_frozen_rows_in_place():
@@ -275,6 +302,8 @@ def test_bad_layout_arguments_are_named():
         umap_layout(ind, dist, pca(x), n_epochs=0)
     with pytest.raises(InputError, match="neighbour indices"):
         umap_layout(ind[:, :3], dist, pca(x))
+    with pytest.raises(ConfigError, match="sample_graph"):
+        umap_layout(ind, dist, pca(x), sample=np.arange(10))
 
 
 def test_layout_on_every_backend(device):

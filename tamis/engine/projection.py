@@ -314,13 +314,25 @@ def _umap_tamis(embeddings: Any, dims: int, knn: tuple | None, max_fit: int, see
     from .layout import umap_layout
     from .search import knn_graph
 
+    def search(rows: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = knn_graph(rows, min(k, int(rows.shape[0]) - 1), xp=xp, seed=seed)
+        return to_host(found[0]), np.clip(1.0 - np.asarray(to_host(found[1]), dtype=np.float64), 0.0, None)
+
     m = int(embeddings.shape[0])
     if knn is None:
-        found = knn_graph(embeddings, min(N_NEIGHBORS - 1, m - 1), xp=xp, seed=seed)
-        knn = (to_host(found[0]), np.clip(1.0 - np.asarray(to_host(found[1]), dtype=np.float64), 0.0, None))
+        knn = search(embeddings, N_NEIGHBORS - 1)
     start = _pca(embeddings, dims, xp)
-    coords, info = umap_layout(knn[0], knn[1], start, dims=dims, seed=seed, max_fit=max_fit, xp=xp,
-                               progress=progress)
+    sample = _fit_sample(m, max_fit, seed)
+    sample_graph = None
+    if sample is not None:
+        log.info("umap: fitting on %d of %d rows, placing the rest on the graph", len(sample), m)
+        clock = time.perf_counter()
+        sample_graph = search(embeddings[xp.asarray(sample)], int(np.shape(knn[0])[1]))
+        searched = time.perf_counter() - clock
+    coords, info = umap_layout(knn[0], knn[1], start, dims=dims, seed=seed, sample=sample, sample_graph=sample_graph,
+                               xp=xp, progress=progress)
+    if sample is not None:
+        info.seconds["sample_search"] = searched
     return coords.astype(np.float32), info.as_dict()
 
 

@@ -116,7 +116,7 @@ def _quantise(x: Any, xp: ModuleType) -> Any:
 
 def layout_epoch_reference(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: int, alpha: float, a: float,
                            b: float, gamma: float = 1.0, negative_rate: int = 5, seed: int = 0,
-                           block_edges: int = 1 << 20, xp: ModuleType = np) -> Any:
+                           edge_offset: int = 0, block_edges: int = 1 << 20, xp: ModuleType = np) -> Any:
     """The moves of one epoch, as a ``(dims, M)`` float64 array of multiples of FIXED_STEP.
 
     Parameters
@@ -129,6 +129,8 @@ def layout_epoch_reference(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: in
     a, b : the map's curve ``1 / (1 + a d^(2b))``; gamma: repulsion weight.
     negative_rate : negative samples per fired edge.
     seed : the seed of the negative samples.
+    edge_offset : id of ``head[0]``'s edge in the whole graph (the negative samples are keyed by
+        the global edge id, so an epoch cut into parts draws what the whole epoch would).
     block_edges : fired edges per vectorised block (bounds the temporaries to about
         ``block_edges * (negative_rate + 2) * dims * 12`` bytes).
     """
@@ -153,7 +155,7 @@ def layout_epoch_reference(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: in
         attract = [_clip(coef * g, xp) * alpha32 for g in diff]
         push = [xp.zeros_like(g) for g in attract]
         for s in range(negative_rate):
-            j = negative_rows(e, s, key, m, negative_rate, xp)
+            j = negative_rows(e + edge_offset, s, key, m, negative_rate, xp)
             diff = [yh[d] - axes[d][j] for d in range(dims)]
             d2 = _norm2(diff)
             pos = d2 > zero
@@ -190,7 +192,7 @@ template <int D>
 __global__ void tamis_layout_epoch(
         const float* __restrict__ Y, const long long m, const long long* __restrict__ head,
         const long long* __restrict__ tail, const float* __restrict__ rate, const long long n_edges,
-        const int epoch, const float alpha, const float a, const float b, const float gamma,
+        const long long edge_offset, const int epoch, const float alpha, const float a, const float b, const float gamma,
         const int negative_rate, const unsigned int key, unsigned long long* __restrict__ acc) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n_edges; e += stride) {
@@ -214,7 +216,7 @@ __global__ void tamis_layout_epoch(
         #pragma unroll
         for (int d = 0; d < D; ++d) g[d] = tamis_clip4(coef * g[d]) * alpha;
         for (int s = 0; s < negative_rate; ++s) {
-            const unsigned int c = (unsigned int)e * (unsigned int)negative_rate + (unsigned int)s;
+            const unsigned int c = (unsigned int)(e + edge_offset) * (unsigned int)negative_rate + (unsigned int)s;
             const unsigned int hs = tamis_lowbias32(c ^ key);
             const long long j = (long long)(((unsigned long long)hs * (unsigned long long)m) >> 32);
             float diff[D];
@@ -242,14 +244,15 @@ _THREADS = 256
 
 
 def layout_epoch(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: int, alpha: float, a: float, b: float,
-                 gamma: float = 1.0, negative_rate: int = 5, seed: int = 0, block_edges: int = 1 << 20,
-                 xp: ModuleType = np) -> Any:
+                 gamma: float = 1.0, negative_rate: int = 5, seed: int = 0, edge_offset: int = 0,
+                 block_edges: int = 1 << 20, xp: ModuleType = np) -> Any:
     """:func:`layout_epoch_reference` on NumPy; the CUDA kernel on CuPy (same moves, see above)."""
     if xp is np or int(Y.shape[0]) not in _KERNEL_NAMES:
         return layout_epoch_reference(Y, head, tail, rate, epoch=epoch, alpha=alpha, a=a, b=b, gamma=gamma,
-                                      negative_rate=negative_rate, seed=seed, block_edges=block_edges, xp=xp)
+                                      negative_rate=negative_rate, seed=seed, edge_offset=edge_offset,
+                                      block_edges=block_edges, xp=xp)
     return _layout_epoch_cuda(Y, head, tail, rate, epoch=epoch, alpha=alpha, a=a, b=b, gamma=gamma,
-                              negative_rate=negative_rate, seed=seed, xp=xp)
+                              negative_rate=negative_rate, seed=seed, edge_offset=edge_offset, xp=xp)
 
 
 @functools.lru_cache(maxsize=None)
@@ -263,7 +266,8 @@ def _cuda_module(device_id: int) -> Any:
 
 
 def _layout_epoch_cuda(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: int, alpha: float, a: float,
-                       b: float, gamma: float, negative_rate: int, seed: int, xp: ModuleType) -> Any:
+                       b: float, gamma: float, negative_rate: int, seed: int, edge_offset: int,
+                       xp: ModuleType) -> Any:
     _check(Y, head, tail, rate)
     dims, m = int(Y.shape[0]), int(Y.shape[1])
     Y = xp.ascontiguousarray(Y)
@@ -276,7 +280,8 @@ def _layout_epoch_cuda(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: int, a
         kernel = _cuda_module(xp.cuda.Device().id).get_function(_KERNEL_NAMES[dims])
         grid = (min(65535 * 8, -(-n_edges // _THREADS)),)
         kernel(grid, (_THREADS,),
-               (Y, np.int64(m), head, tail, rate, np.int64(n_edges), np.int32(epoch), np.float32(alpha),
+               (Y, np.int64(m), head, tail, rate, np.int64(n_edges), np.int64(edge_offset), np.int32(epoch),
+                np.float32(alpha),
                 np.float32(a), np.float32(b), np.float32(gamma), np.int32(negative_rate),
                 np.uint32(epoch_key(seed, epoch)), acc))
     return acc.view(xp.int64).astype(xp.float64) * FIXED_STEP
