@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("group", "the image (or other unit) each row comes from, e.g. of an object crop: rows of "
                                  "one group are never each other's duplicates or leaks")):
         cols.add_argument(f"--{name}-col", metavar="NAME", help=f"column with the {what}")
+    cols.add_argument("--metadata-cols", metavar="A,B",
+                      help="the other columns the metadata check reads (default: every column that holds no input)")
 
     demo = sub.add_parser("demo", help="write the bundled demo store and scan it")
     demo.add_argument("--out", default="tamis-demo", metavar="DIR", help="report folder (default: %(default)s)")
@@ -128,7 +130,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="2-D or 3-D map")
     p.add_argument("--plots", action="store_true", help="also write PNG plots (needs matplotlib)")
     p.add_argument("--image-root", metavar="DIR",
-                   help="folder image paths are relative to, for thumbnails (default: the store's folder)")
+                   help="folder image paths are relative to and confined to, for image_properties and thumbnails "
+                        "(default: the store's folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log each step")
     p.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
@@ -226,7 +229,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                   projection_dims=args.projection_dims, plots=args.plots, image_root=args.image_root,
                   columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out,
                   fail_on=args.fail_on, near_duplicate_fraction=args.near_duplicate_fraction,
-                  exclude_by=args.exclude_by)
+                  exclude_by=args.exclude_by, metadata_cols=getattr(args, "metadata_cols", None))
     if not args.quiet:
         _print_summary(report, Path(args.out))
     failures = report.gate_failures()

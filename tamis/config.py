@@ -212,6 +212,12 @@ class ScanConfig:
         a threshold that gives more stops with a :class:`~tamis.errors.PairLimitError`.
     search_params : parameters of the chosen engine (the CLI's ``--param search.NAME=VALUE``).
     columns : which column holds what.
+    image_root : the folder image paths are resolved against and confined to (None: the store's
+        folder; an in-memory store then has none), for the checks that read pixels and the thumbnails.
+    metadata_cols : the store's other columns the ``metadata`` check reads (the CLI's
+        ``--metadata-cols a,b``); None: every column that holds no input (list and nested columns
+        are skipped). A name the store lacks is a :class:`~tamis.errors.ConfigError`, and so is
+        naming columns for a scan that runs no check reading them.
     """
 
     device: str = "auto"
@@ -228,6 +234,8 @@ class ScanConfig:
     max_pairs: int | None = None
     near_duplicate_fraction: float | None = None
     exclude_by: str = "row"
+    image_root: str | None = None
+    metadata_cols: list[str] | None = None
 
     _parameter_constraints = {
         "device": Options(DEVICES),
@@ -256,6 +264,12 @@ class ScanConfig:
         if not isinstance(self.search_params, dict):
             raise ConfigError(f"search_params={self.search_params!r} is not a dict of engine parameters; pass e.g. "
                               "search_params={'n_buckets': 500}")
+        if self.metadata_cols is not None and (
+                not isinstance(self.metadata_cols, (list, tuple)) or not self.metadata_cols
+                or not all(isinstance(c, str) and c for c in self.metadata_cols)):
+            raise ConfigError(f"metadata_cols={self.metadata_cols!r} is not a list of column names; pass e.g. "
+                              "metadata_cols=['age', 'brand'] or a comma-separated string, or leave it out to read "
+                              "every other column")
         if self.checks is not None and not self.checks:
             raise ConfigError("checks=[] names no check; leave it out to run every check that applies")
         return self

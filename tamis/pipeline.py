@@ -33,6 +33,7 @@ from .engine.context import RunContext
 from .engine.progress import Progress
 from .engine.projection import column_prefix
 from .errors import ConfigError
+from .io.images import check_image_root
 from .io.readers import load_store
 from .io.store import Store
 from .report.folder import check_destination, destination, replace_report
@@ -48,7 +49,8 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
          max_pairs: int | None = DEFAULTS.max_pairs, fail_on: str | list | None = None,
          near_duplicate_fraction: float | None = DEFAULTS.near_duplicate_fraction,
          exclude_by: str = DEFAULTS.exclude_by,
-         search_params: dict | None = None, columns: ColumnSpec | dict | None = None, progress: bool = False,
+         search_params: dict | None = None, columns: ColumnSpec | dict | None = None,
+         metadata_cols: list[str] | str | None = DEFAULTS.metadata_cols, progress: bool = False,
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
          partition_rows: int | None = None) -> Report:
@@ -92,11 +94,14 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
     search_params : parameters of the chosen engine, e.g. ``{"n_buckets": 500}`` (ivf) or
         ``{"index": "ivf", "nprobe": 16}`` (faiss); the CLI's ``--param search.NAME=VALUE``.
     columns : which column holds what (a :class:`ColumnSpec` or a dict with its fields).
+    metadata_cols : the other columns the ``metadata`` check reads (a list or a comma-separated
+        string); default: every column that holds no input. Only read when a check reads them.
     progress : show progress bars on stderr.
     out : when given, the report is also saved into this folder (with ``report.html``).
     plots : with ``out``, also write PNG plots (needs matplotlib).
-    image_root : with ``out``, the folder image paths are resolved against for thumbnails
-        (default: the store's folder); paths outside it are never read.
+    image_root : the folder image paths are resolved against, for the image_properties check and the
+        thumbnails (default: the store's folder; an in-memory store has none for the check, the working
+        directory for thumbnails); paths outside it are never read.
     client, workers, scheduler : run the heavy steps on a Dask cluster (``pip install 'tamis[dask]'``):
         an existing ``distributed.Client``, a number of local worker processes to start (a
         ``LocalCUDACluster`` with one worker per GPU where there are GPUs and dask-cuda), or a
@@ -110,18 +115,26 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
     started = time.perf_counter()
     if isinstance(checks, str):
         checks = [c.strip() for c in checks.split(",") if c.strip()]
+    if isinstance(metadata_cols, str):
+        metadata_cols = [c.strip() for c in metadata_cols.split(",") if c.strip()]
     config = ScanConfig(device=device.name if isinstance(device, Backend) else device, checks=checks,
                         params={} if params is None else params, precision=precision, projection=projection,
                         projection_dims=projection_dims, threshold=threshold, engine=engine, k=k,
                         search_params={} if search_params is None else search_params, columns=ColumnSpec.of(columns),
                         max_pairs=max_pairs, near_duplicate_fraction=near_duplicate_fraction,
-                        exclude_by=exclude_by).validate()
+                        exclude_by=exclude_by, image_root=None if image_root is None else str(image_root),
+                        metadata_cols=metadata_cols).validate()
     selected = make_checks(config.checks, config.params)  # unknown names fail before any work
+    if config.metadata_cols is not None and not _reads_metadata(selected):
+        raise ConfigError(f"metadata_cols names {', '.join(map(repr, config.metadata_cols))}, but no check of this "
+                          "scan reads metadata columns (the metadata check does): add it or drop --metadata-cols")
     gate = parse_fail_on(fail_on)
     for condition in gate:
         if condition.name not in REGISTRY:
             raise ConfigError(f"--fail-on names {condition.name!r}, which is no check; the checks are: "
                               f"{', '.join(REGISTRY)}")
+    if image_root is not None:   # not a folder: an error now, not after the scan
+        check_image_root(image_root)
     if out is not None:   # an unwritable --out fails now, not after the scan
         check_destination(out, source, plots=plots, image_root=image_root)
     with destination(out) if out is not None else contextlib.nullcontext() as folder:
@@ -158,16 +171,19 @@ def _scan(source: Any, config: ScanConfig, selected: list, device: Any, progress
         raise ConfigError(f"search parameters {sorted(config.search_params)} apply to single-process scans; a Dask "
                           "scan uses each engine's defaults: drop them or scan without a cluster")
     timings: dict[str, float] = {}
+    # the other columns are read only for a check that reads them (None: all of them)
+    metadata = config.metadata_cols if _reads_metadata(selected) else ()
     t0 = time.perf_counter()
     if distributed:  # the client runs the light passes on its CPU; the workers use `device`
         from .engine.executors.dask import open_session
 
         session = open_session(source, config.columns, client=client, workers=workers, scheduler=scheduler,
-                               device=config.device, precision=config.precision, partition_rows=partition_rows)
+                               device=config.device, precision=config.precision, partition_rows=partition_rows,
+                               metadata=metadata)
         store, backend = session.store, resolve_backend("cpu")
     else:
         session, backend = None, resolve_backend(device)
-        store = load_store(source, config.columns)
+        store = load_store(source, config.columns, metadata)
     timings["load"] = time.perf_counter() - t0
     try:
         return _run(store, backend, config, selected, session, progress, timings, started)
@@ -208,6 +224,14 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
                     runnable.remove(check)
                     skipped.append({"check": check.name, "reason": reason})
                     log.warning("skipping %s: it %s", check.name, reason)
+        for check in list(runnable):   # inputs present, but the scan lacks something else (an image root)
+            reason = check.context_skip_reason(ctx)
+            if reason is not None:
+                if config.checks is not None:
+                    raise ConfigError(f"check {check.name!r} {reason}; or leave the check out")
+                runnable.remove(check)
+                skipped.append({"check": check.name, "reason": reason})
+                log.info("skipping %s: %s", check.name, reason)
         choice = None
         if config.near_duplicate_fraction is not None and store.embeddings is not None and ctx.valid.sum() >= 2:
             with ctx.timed("threshold choice"):
@@ -260,7 +284,13 @@ def _project(ctx: RunContext, config: ScanConfig) -> tuple[np.ndarray, dict]:
 def _col_option(inp: str) -> str:
     from .io.readers import ALIASES
 
+    if inp not in ALIASES:   # the metadata: the store's other columns
+        return "metadata-cols"
     return ALIASES[inp][0].replace("_", "-") + "-col"
+
+
+def _reads_metadata(checks: list) -> bool:
+    return any("metadata" in check.requires for check in checks)
 
 
 def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backend, runnable, skipped,

@@ -59,6 +59,11 @@ def test_invalid_rows_excluded_everywhere(saved):
             assert not flags[5] and not flags[9], f"{check} looked at an invalid row"
 
 
+METADATA_SKIPPED = {"check": "metadata", "reason": "needs columns besides the inputs (embedding, label, path, split, id, "
+                    "pred_probs, quality, group), holding one number, string, bool or date per row, and the store has "
+                    "none (a .npy store holds embeddings only; list and nested columns are not read)"}
+
+
 def test_summary_json(saved):
     _, out = saved
     summary = json.loads((out / "summary.json").read_text())
@@ -69,7 +74,11 @@ def test_summary_json(saved):
                                      "leakage", "label_error", "ambiguous", "class_overlap", "outlier",
                                      "split_shift", "class_imbalance"]
     assert summary["checks_skipped"] == [{"check": "off_topic", "reason":
-                                          "needs reference embeddings per class: pass --references STORE"}]
+                                          "needs reference embeddings per class: pass --references STORE"},
+                                         METADATA_SKIPPED,
+                                         {"check": "image_properties", "reason":
+                                          "needs a folder to read the images from, and the store is in memory: "
+                                          "pass image_root=DIR (--image-root DIR)"}]
     assert summary["device"]["backend"] == "cpu"
     assert summary["store"]["n_valid"] == 58
     assert "check:class_imbalance" in summary["timings"] and "total" in summary["timings"]
@@ -85,7 +94,9 @@ def test_skipped_checks_are_reported_with_reason(small_columns):
         {"check": "class_overlap", "reason": "needs labels, which the store does not have"},
         {"check": "off_topic", "reason": "needs labels, which the store does not have"},
         {"check": "split_shift", "reason": "needs split, which the store does not have"},
-        {"check": "class_imbalance", "reason": "needs labels, which the store does not have"}]
+        {"check": "class_imbalance", "reason": "needs labels, which the store does not have"},
+        {"check": "image_properties", "reason": "needs paths, which the store does not have"},
+        METADATA_SKIPPED]
     assert "is_class_imbalance_issue" not in report.samples.column_names
 
 
@@ -95,7 +106,7 @@ def test_labels_and_pred_probs_only_store():
     assert report.summary["checks_run"] == ["label_error", "ambiguous", "class_overlap", "class_imbalance"]
     assert {s["check"] for s in report.summary["checks_skipped"]} == {
         "invalid", "exact_duplicate", "near_duplicate", "conflicting_labels", "leakage", "outlier", "off_topic",
-        "split_shift"}
+        "split_shift", "image_properties", "metadata"}
 
 
 def test_exclude_txt_falls_back_to_ids_then_rows(tmp_path):

@@ -16,9 +16,11 @@ from .class_imbalance import ClassImbalance
 from .class_overlap import ClassOverlap
 from .conflicting_labels import ConflictingLabels
 from .exact_duplicate import ExactDuplicate
+from .image_properties import ImageProperties
 from .invalid import InvalidEmbedding
 from .label_error import LabelError
 from .leakage import Leakage
+from .metadata import Metadata
 from .near_duplicate import NearDuplicate
 from .off_topic import OffTopic
 from .outlier import Outlier
@@ -37,6 +39,8 @@ REGISTRY: dict[str, type[Check]] = {cls.name: cls for cls in (
     OffTopic,
     SplitShift,
     ClassImbalance,
+    ImageProperties,
+    Metadata,
 )}
 
 

@@ -102,6 +102,12 @@ class Check:
         missing = self.missing_inputs(available)
         return f"needs {', '.join(missing)}, which the store does not have" if missing else None
 
+    def context_skip_reason(self, ctx: "RunContext") -> str | None:
+        """Why this check cannot run in this scan although the store holds its inputs (e.g. there is
+        no folder to read the images from), or None; the scan then lists it under ``checks_skipped``
+        with the reason (an error when the check was asked for by name)."""
+        return None
+
     def run(self, ctx: "RunContext") -> CheckResult:
         """Validate parameters, run the check, and hold its result to the contract."""
         validate_params(self.name, self.get_params(), self._parameter_constraints)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -25,6 +26,7 @@ import pyarrow as pa
 
 from ..config import ScanConfig, default_max_pairs
 from ..errors import InputError
+from ..io.images import scan_image_root
 from ..io.labels import encode
 from ..io.store import Store
 from .backend import Backend
@@ -73,6 +75,13 @@ class RunContext:
         return {key[1]: value for key, value in self._cache.items()
                 if isinstance(key, tuple) and len(key) == 2 and key[0] == kind}
 
+    def built_all(self, kind: str) -> list[tuple[tuple, Any]]:
+        """Every artefact of ``kind`` built so far, whatever its parameters, in build order, as
+        ``(the rest of its key, value)``: for a check that reuses what another one built (e.g. the
+        class probabilities label_error built) without building it itself."""
+        return [(key[1:], value) for key, value in self._cache.items()
+                if isinstance(key, tuple) and key and key[0] == kind]
+
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -86,6 +95,12 @@ class RunContext:
     def max_pairs(self) -> int:
         """The pair budget of this run: the scan's ``max_pairs``, else :func:`~tamis.config.default_max_pairs`."""
         return self.config.max_pairs if self.config.max_pairs is not None else default_max_pairs()
+
+    @property
+    def image_root(self) -> Path | None:
+        """The resolved folder image paths are read from and confined to: the scan's ``image_root``,
+        else the store's folder; None for an in-memory store given none (:mod:`tamis.io.images`)."""
+        return scan_image_root(self.store.source, self.config.image_root)
 
     # ------------------------------------------------------------------ rows
     @property

@@ -1,8 +1,9 @@
 """The columnar store every scan reads: embeddings plus the columns that describe them.
 
 A :class:`Store` holds numeric matrices as arrays (NumPy, or CuPy when the caller
-passes device arrays) and the descriptive columns (labels, paths, split, ids) as
-pyarrow arrays, one value per input row, in input order. It is built by
+passes device arrays), the descriptive columns (labels, paths, split, ids) as
+pyarrow arrays, one value per input row, in input order, and the store's other columns
+(one scalar per row: the ``metadata`` input) as one pyarrow Table. It is built by
 :func:`tamis.io.readers.load_store` and checked by :meth:`Store.validate`; it is
 never modified afterwards (inputs are never modified).
 """
@@ -20,7 +21,9 @@ from ..errors import InputError
 from .labels import encode
 
 #: names of the inputs a check can require
-INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs", "quality", "groups")
+INPUTS = ("embeddings", "labels", "paths", "split", "ids", "pred_probs", "quality", "groups", "metadata")
+#: the inputs a store must hold one of (its other columns alone are no embedding store)
+PRIMARY_INPUTS = INPUTS[:-1]
 
 #: tolerance on |sum(pred_probs row) - 1|
 PRED_PROBS_ATOL = 1e-3
@@ -38,6 +41,10 @@ class Store:
     quality : pyarrow array of numbers (higher = better), used by the "quality" keep policy
     groups : pyarrow array naming the image (or other unit) each row comes from, e.g. the image of
         an object crop: rows of one group are never each other's duplicates or leaks
+    metadata : pyarrow Table of the store's other columns (one scalar per row, in input order), or
+        None when there are none or no check reads them
+    metadata_skipped : other columns left out of ``metadata``, with the reason (lists, nested values,
+        matrices, another length)
     source : where the store came from (a path or "memory")
     columns : input name -> the column it was read from
     """
@@ -50,8 +57,10 @@ class Store:
     pred_probs: Any = None
     quality: pa.Array | None = None
     groups: pa.Array | None = None
+    metadata: pa.Table | None = None
     source: str = "memory"
     columns: dict = field(default_factory=dict)
+    metadata_skipped: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -59,7 +68,7 @@ class Store:
                       self.quality, self.groups):
             if value is not None:
                 return len(value)
-        return 0
+        return 0 if self.metadata is None else self.metadata.num_rows
 
     @property
     def available(self) -> frozenset[str]:
@@ -72,9 +81,9 @@ class Store:
 
     def validate(self) -> "Store":
         """Raise :class:`InputError` for a store no scan can use; return self otherwise."""
-        if not self.available:
+        if not self.available & set(PRIMARY_INPUTS):
             raise InputError(f"{self.source}: the store holds none of the inputs tamis reads "
-                             f"({', '.join(INPUTS)}); name the columns with --embedding-col, "
+                             f"({', '.join(PRIMARY_INPUTS)}); name the columns with --embedding-col, "
                              "--label-col, ... or add them")
         n = self.n
         if n == 0:

@@ -55,11 +55,12 @@ from ..io.atomic import (
     write_parquet,
     write_text,
 )
+from ..io.images import check_image_root
 from ..io.knn_file import KNN_FILE, load_knn_rows, save_knn
 from .html import write_html_report
 from .model import Report
 from .plots import check_plots, write_plots
-from .thumbnails import THUMBS_STAGING, check_image_root
+from .thumbnails import THUMBS_STAGING
 
 FIXED_FILES = ("samples.parquet", "exclude.parquet", "exclude.txt", "keep.parquet", "summary.json")
 LOCK = ".tamis.lock"

@@ -1,35 +1,31 @@
-"""Thumbnails for the report page, and the one rule for where a sample's image is read from.
+"""Thumbnails for the report page.
 
 Thumbnails (optional, need Pillow) are made at report time into ``thumbs/<row>.jpg`` beside
 the report, at most ``limit`` of at most ``size`` pixels, flagged rows first (worst first,
 taking turns across issue types). A sample's path is resolved against the image root
-(:func:`image_root`: the folder given, else the store's folder -- the folder itself for a
-folder of shards, a file's parent folder, the working directory for in-memory stores) and only
-read when it resolves, symlinks followed, to a regular file inside that root
-(:func:`resolve_inside`).
+(:func:`image_root`: the folder given, else the store's folder, else -- for an in-memory store --
+the working directory) and only read when it resolves, symlinks followed, to a regular file
+inside that root: the one rule of :mod:`tamis.io.images` (:func:`~tamis.io.images.resolve_inside`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..io.atomic import atomic_path, move_into_place, staged_folder
+from ..io.images import check_image_root, open_inside, resolve_inside, store_folder
 from .model import Report
 
 log = logging.getLogger("tamis")
 
 #: paths tried per thumbnail wanted (plus 1000) before giving up: a wrong image root costs no full pass
 MAX_ATTEMPTS_PER_THUMBNAIL = 5
-#: images larger than this are not opened for thumbnails
-MAX_IMAGE_BYTES = 64 << 20
 THUMBS_DIR = "thumbs"
 #: the prefix of the folder thumbnails are made in before they replace ``thumbs/``
 THUMBS_STAGING = ".thumbs-"
@@ -37,47 +33,12 @@ THUMBS_STAGING = ".thumbs-"
 
 def image_root(report: Report, image_root: str | os.PathLike | None) -> Path | None:
     """The folder sample paths are resolved against and confined to (resolved), or None when
-    the store's folder is gone; ``image_root`` given must be a folder."""
+    the store's folder is gone; ``image_root`` given must be a folder. An in-memory store's
+    thumbnails come from the working directory."""
     if image_root is not None:
         return check_image_root(image_root)
     source = str(report.summary.get("store", {}).get("source", "memory"))
-    if source == "memory":
-        return Path.cwd().resolve()
-    src = Path(source)
-    folder = src if src.is_dir() else src.parent
-    return folder.resolve() if folder.is_dir() else None
-
-
-def check_image_root(image_root: str | os.PathLike) -> Path:
-    """``image_root`` resolved; a :class:`~tamis.errors.ConfigError` when it is not a folder."""
-    root = Path(image_root)
-    if not root.is_dir():
-        raise ConfigError(f"image_root {str(root)!r} is not a folder; give the folder the samples' paths "
-                          "are relative to (--image-root DIR)")
-    return root.resolve()
-
-
-def resolve_inside(root: Path, path: str | None) -> Path | None:
-    """The file ``path`` names, relative to ``root``, or None when it is not a regular file inside
-    ``root`` (after following symlinks), is too big, or does not exist. ``root`` must be resolved."""
-    if not path or "\x00" in path:
-        return None
-    candidate = Path(path)
-    if not candidate.is_absolute():
-        candidate = root / candidate
-    try:
-        real = candidate.resolve(strict=True)
-    except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
-        return None
-    if not real.is_relative_to(root):
-        return None
-    try:
-        st = os.stat(real)
-    except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_IMAGE_BYTES:
-        return None
-    return real
+    return Path.cwd().resolve() if source == "memory" else store_folder(source)
 
 
 def _thumbnail_order(report: Report) -> list[int]:
@@ -143,7 +104,7 @@ def _thumbnail(image_module: Any, src: Path, dst: Path, size: int) -> bool:
     """Write a JPEG of at most size x size pixels of ``src`` to ``dst``; False when ``src`` is no
     image Pillow can read (corrupt, truncated, a decompression bomb, not an image)."""
     try:
-        with open(src, "rb") as fh, image_module.open(fh) as img:
+        with open_inside(src) as fh, image_module.open(fh) as img:
             img.draft("RGB", (size * 2, size * 2))
             img.thumbnail((size, size))
             if img.mode in ("RGBA", "LA", "P"):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ...config import ColumnSpec
 from ...errors import InputError
@@ -49,22 +49,29 @@ READERS: tuple[type[Reader], ...] = (
 )
 
 
-def load_store(source: Any, columns: ColumnSpec | None = None) -> Store:
-    """Read ``source`` (a path or in-memory data) into a validated :class:`Store`."""
+def load_store(source: Any, columns: ColumnSpec | None = None, metadata: Sequence[str] | None = None) -> Store:
+    """Read ``source`` (a path or in-memory data) into a validated :class:`Store`.
+
+    ``metadata``: the other columns kept as ``Store.metadata``: None for all of them (list and
+    nested columns are skipped), the names to keep (``--metadata-cols``; one the store lacks is a
+    :class:`~tamis.errors.ConfigError`), or ``()`` for none (they are then not read at all).
+    """
     columns = columns or ColumnSpec()
     if isinstance(source, Store):
         return source.validate()
     if isinstance(source, (str, os.PathLike)):
-        return reader_for(source).load(columns).validate()
-    return load_memory(source, columns).validate()
+        return reader_for(source).load(columns, metadata).validate()
+    return load_memory(source, columns, metadata).validate()
 
 
 def open_partitioned(path: str | os.PathLike, columns: ColumnSpec | None = None,
-                     partition_rows: int | None = None) -> tuple[Store, list[Partition]]:
+                     partition_rows: int | None = None,
+                     metadata: Sequence[str] | None = ()) -> tuple[Store, list[Partition]]:
     """What a Dask scan needs of the store at ``path``: the client's validated :class:`Store`,
     its embeddings left in the store as a :class:`PartitionedMatrix`, and the partitions of
-    about ``partition_rows`` rows the workers read (:meth:`Reader.read_partition`)."""
-    return reader_for(path).open_partitioned(columns or ColumnSpec(), partition_rows)
+    about ``partition_rows`` rows the workers read (:meth:`Reader.read_partition`); ``metadata``
+    as for :func:`load_store` (default: none)."""
+    return reader_for(path).open_partitioned(columns or ColumnSpec(), partition_rows, metadata)
 
 
 def reader_for(path: str | os.PathLike) -> Reader:

@@ -17,7 +17,7 @@ import pyarrow.ipc as ipc
 
 from ...errors import InputError
 from .base import Reader
-from .columns import table_columns
+from .columns import table_columns, unreadable_type
 
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 
@@ -29,6 +29,12 @@ class ArrowReader(Reader):
     def column_names(self) -> list[str]:
         file = self._file()
         return file.schema.names if file is not None else self._table().column_names
+
+    def unreadable_columns(self, names: list[str]) -> dict[str, str]:
+        file = self._file()
+        schema = file.schema if file is not None else self._table().schema
+        types = {f.name: f.type for f in schema}
+        return {name: why for name in names if name in types and (why := unreadable_type(types[name])) is not None}
 
     def num_rows(self, column: str) -> int:
         file = self._file()

@@ -13,6 +13,11 @@ implements three methods, and one line in ``READERS``:
 - :meth:`Reader.read_columns` -- rows ``[start, stop)`` of some columns, as raw Arrow or
   NumPy arrays (``names=None``, ``stop=None``: everything, for a local scan).
 
+A reader may also say which columns hold no scalar per row from its schema alone
+(:meth:`Reader.unreadable_columns`), so the metadata columns are chosen without reading those.
+Only the columns a scan uses are read: the inputs, and the metadata columns when a check
+reads them.
+
 The base class builds the rest on those: partitions are plain row ranges of about
 :data:`PARTITION_BYTES`, and a partition's embedding rows go through the same
 :func:`~tamis.io.readers.columns.convert_columns` as a local load, so a worker reading
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +38,7 @@ import pyarrow as pa
 from ...config import ColumnSpec
 from ...errors import InputError
 from ..store import Store
-from .columns import choose_columns, convert_columns, from_columns
+from .columns import choose_columns, convert_columns, from_columns, metadata_plan, metadata_table
 from .lazy import PartitionedMatrix
 
 #: default partition size: about this many bytes of float32 embeddings (workers and client)
@@ -107,29 +112,53 @@ class Reader:
         all columns when None; ``stop``: the end when None)."""
         raise NotImplementedError
 
+    def unreadable_columns(self, names: list[str]) -> dict[str, str]:
+        """Columns of ``names`` that the schema shows hold no scalar per row (lists, nested values,
+        bytes, matrices), with the reason; those are never read as metadata. Default: none known
+        (every column is read, then judged)."""
+        return {}
+
     # ------------------------------------------------------------------ local scan
     def choose(self, names: list[str], spec: ColumnSpec) -> dict[str, str]:
         """Input name -> the column that holds it (:func:`~tamis.io.readers.columns.choose_columns`)."""
         return choose_columns(names, spec, self.source)
 
-    def load(self, spec: ColumnSpec) -> Store:
-        """The whole store, read into memory (validated by the caller)."""
-        cols = self.read_columns()
-        return from_columns(cols, self.choose(list(cols), spec), self.source)
+    def load(self, spec: ColumnSpec, metadata: Sequence[str] | None = None) -> Store:
+        """The whole store, read into memory (validated by the caller): its input columns, and as
+        metadata every other column (``metadata=None``), those named, or none (``()``)."""
+        names = self.column_names()
+        chosen = self.choose(names, spec)
+        extra, skipped = self._metadata_plan(names, chosen, metadata)
+        wanted = list(dict.fromkeys(list(chosen.values()) + extra))
+        cols = self.read_columns(wanted) if wanted else {}
+        return from_columns(cols, chosen, self.source, extra, skipped, named=metadata is not None)
+
+    def _metadata_plan(self, names: list[str], chosen: dict[str, str],
+                       metadata: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
+        inputs = set(chosen.values())
+        if metadata is not None and not metadata:
+            return [], {}
+        unreadable = self.unreadable_columns([c for c in names if c not in inputs])
+        return metadata_plan(names, chosen, metadata, self.source, unreadable)
 
     # ------------------------------------------------------------------ Dask scan
-    def open_partitioned(self, spec: ColumnSpec, partition_rows: int | None = None) -> tuple[Store, list[Partition]]:
+    def open_partitioned(self, spec: ColumnSpec, partition_rows: int | None = None,
+                         metadata: Sequence[str] | None = ()) -> tuple[Store, list[Partition]]:
         """The client's validated :class:`Store` and the embedding partitions for the workers.
 
         Reads the column names, the descriptive columns (labels, paths, split, ids,
-        pred_probs, quality: O(N), small next to the embeddings) and the first vectors (to
-        learn d and the dtype); the embeddings stay in the store as a
-        :class:`~tamis.io.readers.lazy.PartitionedMatrix`. Partitions hold about
-        ``partition_rows`` rows (default: :data:`PARTITION_BYTES` of float32 embeddings).
+        pred_probs, quality, and the ``metadata`` columns as :meth:`load` chooses them: O(N),
+        small next to the embeddings) and the first vectors (to learn d and the dtype); the
+        embeddings stay in the store as a :class:`~tamis.io.readers.lazy.PartitionedMatrix`.
+        Partitions hold about ``partition_rows`` rows (default: :data:`PARTITION_BYTES` of
+        float32 embeddings).
         """
-        chosen = self.choose(self.column_names(), spec)
+        names = self.column_names()
+        chosen = self.choose(names, spec)
+        extra, skipped = self._metadata_plan(names, chosen, metadata)
         described = {name: col for name, col in chosen.items() if name != "embeddings"}
-        cols = self.read_columns(sorted(set(described.values()))) if described else {}
+        wanted = sorted(set(described.values()) | set(extra))
+        cols = self.read_columns(wanted) if wanted else {}
         values = convert_columns(cols, described, self.source)
         partitions: list[Partition] = []
         if "embeddings" in chosen:
@@ -139,7 +168,10 @@ class Reader:
             rows = default_rows(dim)
             partitions = self.partitions(n, partition_rows or rows)
             values["embeddings"] = PartitionedMatrix(self, self.client_partitions(n, rows), column, dim, dtype)
-        return Store(**values, source=self.source, columns=chosen).validate(), partitions
+        n_rows = next((len(v) for v in values.values() if v is not None), None)
+        table, more = metadata_table(cols, extra, n_rows, self.source, named=bool(metadata))
+        return Store(**values, metadata=table, metadata_skipped={**skipped, **more}, source=self.source,
+                     columns=chosen).validate(), partitions
 
     def partitions(self, n_rows: int, rows: int) -> list[Partition]:
         """Consecutive row ranges of ``rows`` rows (the last one shorter) covering the store."""

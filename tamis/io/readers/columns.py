@@ -6,17 +6,23 @@ the conversion works row by row, so rows ``a:b`` of a converted column are bit f
 conversion of rows ``a:b``. Embedding matrices are copied at most once: a single-chunk
 float32 Arrow column is used in place (read-only), anything else is copied once into one
 float32 matrix; NumPy input keeps its float dtype.
+
+The store's other columns (neither embedding, label, path, split, id, pred_probs, quality nor
+group) are its metadata: :func:`metadata_plan` says which to read (all, or those named with
+``--metadata-cols``) and :func:`metadata_table` keeps those holding one scalar per row as one
+Arrow table; list, nested and binary columns, matrices and columns of another length are left
+out with the reason (``Store.metadata_skipped``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from ...config import ColumnSpec
-from ...errors import InputError
+from ...errors import ConfigError, InputError
 from ..store import Store
 
 #: input name -> (ColumnSpec field, names tried in order when the column is not named)
@@ -59,9 +65,124 @@ def choose_columns(names: list[str], spec: ColumnSpec, src: str) -> dict[str, st
     return chosen
 
 
-def from_columns(cols: dict[str, Any], chosen: dict[str, str], src: str) -> Store:
-    """The (not yet validated) :class:`Store` of the ``chosen`` columns of ``cols``."""
-    return Store(**convert_columns(cols, chosen, src), source=src, columns=chosen)
+def from_columns(cols: dict[str, Any], chosen: dict[str, str], src: str, metadata: Sequence[str] = (),
+                 skipped: dict[str, str] | None = None, named: bool = False) -> Store:
+    """The (not yet validated) :class:`Store` of the ``chosen`` columns of ``cols``, with the columns
+    ``metadata`` of ``cols`` as its metadata table (``skipped``: those left out already, with why;
+    ``named``: the caller named them, so one that cannot be read is an error)."""
+    values = convert_columns(cols, chosen, src)
+    n = next((len(v) for v in values.values() if v is not None), None)
+    table, more = metadata_table(cols, metadata, n, src, named)
+    return Store(**values, metadata=table, source=src, columns=chosen,
+                 metadata_skipped={**(skipped or {}), **more})
+
+
+#: pandas writes its index as these columns (``__index_level_0__``): never metadata
+_PANDAS_INDEX = "__index_level_"
+#: Arrow field metadata key marking a column whose Python values mixed types (stored as strings)
+MIXED_TYPES_KEY = b"tamis.mixed_types"
+
+
+def metadata_plan(names: list[str], chosen: dict[str, str], wanted: Sequence[str] | None, src: str,
+                  unreadable: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """``(columns to read as metadata, columns left out -> why)``.
+
+    ``wanted``: None for every column that holds no input, or the names given with
+    ``--metadata-cols`` (an empty sequence: none). ``unreadable``: columns the reader already
+    knows hold no scalar per row (from the schema, without reading them), with the reason.
+    A name the store lacks, or one that holds an input, is a :class:`ConfigError`; a named
+    column that holds no scalars an :class:`InputError`.
+    """
+    unreadable = unreadable or {}
+    inputs = {col: name for name, col in chosen.items()}
+    others = [c for c in names if c not in inputs and not str(c).startswith(_PANDAS_INDEX)]
+    if wanted is None:
+        skipped = {c: unreadable[c] for c in others if c in unreadable}
+        return [c for c in others if c not in skipped], skipped
+    wanted = list(dict.fromkeys(wanted))
+    for col in wanted:
+        if col in inputs:
+            raise ConfigError(f"{src}: --metadata-cols names {col!r}, which holds the store's {inputs[col]}; metadata "
+                              f"columns are the others: {', '.join(map(repr, others)) or 'none'}")
+        if col not in names:
+            raise ConfigError(f"{src}: --metadata-cols names {col!r}, which is not in the store; its other columns "
+                              f"are: {', '.join(map(repr, others)) or 'none'}")
+        if col in unreadable:
+            raise InputError(f"{src}: column {col!r} (--metadata-cols) {unreadable[col]}; the metadata check reads "
+                             "one number, string, bool or date per row: leave it out of --metadata-cols")
+    return wanted, {}
+
+
+def metadata_table(cols: dict[str, Any], names: Sequence[str], n: int | None, src: str,
+                   named: bool = False) -> tuple[pa.Table | None, dict[str, str]]:
+    """``(the columns ``names`` of ``cols`` as one Arrow table, or None; columns left out -> why)``.
+
+    A column is kept when it holds one scalar per row (number, string, bool, date or time) and
+    has ``n`` rows; Python objects of mixed types become strings (the field's metadata says
+    which types they were). A column left out is an :class:`InputError` when ``named``.
+    """
+    arrays, fields, skipped = [], [], {}
+    for name in names:
+        array, mixed, why = _metadata_array(cols[name], n)
+        if why is not None:
+            if named:
+                raise InputError(f"{src}: column {name!r} (--metadata-cols) {why}; the metadata check reads one "
+                                 "number, string, bool or date per row: leave it out of --metadata-cols")
+            skipped[name] = why
+            continue
+        arrays.append(array)
+        fields.append(pa.field(str(name), array.type, metadata={MIXED_TYPES_KEY: mixed} if mixed else None))
+    if not arrays:
+        return None, skipped
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), skipped
+
+
+def unreadable_type(typ: pa.DataType) -> str | None:
+    """Why a column of Arrow type ``typ`` is no metadata column (lists, structs, maps, unions,
+    binary), or None when it holds one scalar per row."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    if pa.types.is_nested(typ):
+        return f"holds {typ} values (lists or nested values are not analysed)"
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_fixed_size_binary(typ):
+        return f"holds {typ} values (bytes are not analysed)"
+    return None
+
+
+def _metadata_array(value: Any, n: int | None) -> tuple[Any, bytes | None, str | None]:
+    """``(Arrow array or chunked array, the mixed Python types or None, why it is left out or None)``."""
+    mixed = None
+    if not isinstance(value, (pa.Array, pa.ChunkedArray)):
+        if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
+            value = value.get()
+        arr = np.asarray(value)
+        if arr.ndim != 1:
+            return None, None, f"has shape {tuple(arr.shape)} (one value per row is analysed, not a matrix)"
+        if arr.dtype == object:
+            try:
+                value = pa.array(arr.tolist())
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                value, mixed = _mixed_as_strings(arr)
+        else:
+            try:
+                value = pa.array(arr)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                return None, None, f"has dtype {arr.dtype} ({exc})"
+    why = unreadable_type(value.type)
+    if why is not None:
+        return None, None, why
+    if n is not None and len(value) != n:
+        return None, None, f"has {len(value):,} rows, the store {n:,}"
+    if pa.types.is_decimal(value.type):
+        value = value.cast(pa.float64())
+    return value, mixed, None
+
+
+def _mixed_as_strings(arr: np.ndarray) -> tuple[pa.Array, bytes]:
+    """Python objects of several types as strings (None and NaN stay null), and their type names."""
+    kinds = sorted({type(v).__name__ for v in arr if v is not None and not (isinstance(v, float) and v != v)})
+    values = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in arr]
+    return pa.array(values, type=pa.string()), ",".join(kinds).encode()
 
 
 def convert_columns(cols: dict[str, Any], chosen: dict[str, str], src: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pyarrow.ipc as ipc
 
 from ...errors import InputError
 from .base import Reader
-from .columns import table_columns
+from .columns import table_columns, unreadable_type
 
 STATE = "state.json"
 DICT = "dataset_dict.json"
@@ -41,6 +41,11 @@ class HuggingFaceReader(Reader):
 
     def column_names(self) -> list[str]:
         return self._table().column_names
+
+    def unreadable_columns(self, names: list[str]) -> dict[str, str]:
+        schema = self._table().schema
+        types = {f.name: f.type for f in schema}
+        return {name: why for name in names if name in types and (why := unreadable_type(types[name])) is not None}
 
     def num_rows(self, column: str) -> int:
         return self._table().num_rows

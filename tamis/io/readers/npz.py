@@ -41,6 +41,24 @@ class NpzReader(Reader):
             shape = np.shape(self.read_columns([column])[column])
         return int(shape[0]) if shape else 1
 
+    def unreadable_columns(self, names: list[str]) -> dict[str, str]:
+        """Members that are no 1-D array of numbers, strings or bools, from their .npy headers
+        (object arrays are never loaded: unpickling can run code)."""
+        out = {}
+        with self._open() as archive:
+            listed = archive.zip.namelist()
+            for name in names:
+                header = _header(archive.zip, f"{name}.npy" if f"{name}.npy" in listed else name)
+                if header is None:
+                    continue
+                shape, dtype = header
+                if len(shape) != 1:
+                    out[name] = f"has shape {tuple(shape)} (one value per row is analysed, not a matrix)"
+                elif dtype.kind in "OSV":
+                    out[name] = f"has dtype {dtype} (objects and bytes are not analysed: save strings with " \
+                                "dtype=str)"
+        return out
+
     def read_columns(self, names: list[str] | None = None, start: int = 0, stop: int | None = None) -> dict[str, Any]:
         out = {}
         with self._open() as archive:
@@ -83,13 +101,21 @@ class NpzReader(Reader):
 
 def _header_shape(archive: Any, entry: str) -> tuple[int, ...] | None:
     """The shape in the .npy header (format 1.0 or 2.0) of zip member ``entry``, or None."""
+    header = _header(archive, entry)
+    return None if header is None else header[0]
+
+
+def _header(archive: Any, entry: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` from the .npy header (format 1.0 or 2.0) of zip member ``entry``, or None."""
     try:
         with archive.open(entry) as member:
             version = np.lib.format.read_magic(member)
             if version == (1, 0):
-                return np.lib.format.read_array_header_1_0(member)[0]
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                return shape, dtype
             if version == (2, 0):
-                return np.lib.format.read_array_header_2_0(member)[0]
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                return shape, dtype
     except Exception:  # noqa: BLE001 - a damaged member: loading it gives the message
         return None
     return None

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ...errors import InputError
 from .base import Partition, Reader
-from .columns import table_columns
+from .columns import table_columns, unreadable_type
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -64,6 +64,10 @@ class ParquetReader(Reader):
 
     def column_names(self) -> list[str]:
         return _footer(self.files()[0]).schema.to_arrow_schema().names
+
+    def unreadable_columns(self, names: list[str]) -> dict[str, str]:
+        types = {f.name: f.type for f in _footer(self.files()[0]).schema.to_arrow_schema()}
+        return {name: why for name in names if name in types and (why := unreadable_type(types[name])) is not None}
 
     def num_rows(self, column: str) -> int:
         files = self.files()

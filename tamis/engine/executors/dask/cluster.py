@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -208,8 +208,9 @@ class Session:
 
 def open_session(source: Any, columns: ColumnSpec, *, client: Any = None, workers: int | None = None,
                  scheduler: str | None = None, device: str = "auto", precision: str = "float32",
-                 partition_rows: int | None = None) -> Session:
-    """Connect to Dask and open ``source`` (a path in any format tamis reads) as partitions."""
+                 partition_rows: int | None = None, metadata: Sequence[str] | None = ()) -> Session:
+    """Connect to Dask and open ``source`` (a path in any format tamis reads) as partitions; the
+    client also reads the ``metadata`` columns (:func:`~tamis.io.readers.open_partitioned`)."""
     given = [name for name, v in (("client", client), ("workers", workers), ("scheduler", scheduler)) if v is not None]
     if len(given) > 1:
         raise ConfigError(f"{' and '.join(given)} were both given; pass one: a Dask client, a scheduler address, "
@@ -224,7 +225,7 @@ def open_session(source: Any, columns: ColumnSpec, *, client: Any = None, worker
                           "first (e.g. np.savez('store.npz', embeddings=..., labels=...)), or scan it without a "
                           "cluster")
     optional_import("distributed")
-    store, partitions = open_partitioned(source, columns, partition_rows)
+    store, partitions = open_partitioned(source, columns, partition_rows, metadata)
     owned: list[Any] = []
     folder = tempfile.mkdtemp(prefix="tamis-scan-")
     try:
