@@ -358,3 +358,106 @@ def test_the_page_says_what_drew_the_map(browser, scanned, tmp_path):
         assert p.errors == []
     finally:
         p.context.close()
+
+
+@pytest.fixture(scope="module")
+def scanned_3d(tmp_path_factory):
+    """A 3-D map of four clusters, drawn by tamis' UMAP, and the report page of it."""
+    rng = np.random.default_rng(11)
+    centers = rng.normal(size=(4, 12)) * 3
+    labels = rng.integers(0, 4, 240)
+    emb = (centers[labels] + rng.normal(size=(240, 12))).astype(np.float32)
+    cols = {"embeddings": emb, "labels": np.array([f"c{v}" for v in labels], dtype=object),
+            "image_paths": np.array([f"img/{i:03d}.png" for i in range(240)], dtype=object)}
+    report = tamis.scan(cols, device="cpu", projection="umap", projection_dims=3)
+    out = tmp_path_factory.mktemp("report3d")
+    return {"report": report, "html": write_html_report(report, out), "n": 240}
+
+
+def _front_row(p, n):
+    """A row drawn on top at its own screen position (so a click there picks it)."""
+    for row in range(n):
+        pos = p.js(f"tamisReport.screenPosition({row})")
+        if pos and p.js(f"tamisReport.rowAt({pos['x']}, {pos['y']})") == row:
+            return row, pos
+    raise AssertionError("no row is on top at its own position")
+
+
+def test_3d_map_rotates_on_drag_and_a_click_selects_and_excludes(browser, scanned_3d):
+    samples = scanned_3d["report"].samples
+    assert {"umap_x", "umap_y", "umap_z"} <= set(samples.column_names)
+    p = Page(browser, scanned_3d["html"])
+    try:
+        p.js("document.getElementById('scatter').scrollIntoView({block: 'center'})")
+        assert p.js("tamisReport.dims()") == 3
+        assert "drag to rotate" in p.page.locator("#scatter-help").inner_text()
+        assert p.js("tamisReport.drawnCount()") == scanned_3d["n"]
+        before = p.js("tamisReport.view()")
+        start = {r: p.js(f"tamisReport.screenPosition({r})") for r in (0, 1, 2)}
+        box = p.page.locator("#scatter").bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        p.page.mouse.move(cx, cy)
+        p.page.mouse.down()
+        for step in range(1, 11):
+            p.page.mouse.move(cx + 12 * step, cy + 4 * step)
+        p.page.mouse.up()
+        after = p.js("tamisReport.view()")
+        assert after["yaw"] > before["yaw"] + 0.5 and after["pitch"] > before["pitch"]
+        assert after["scale"] == before["scale"]           # a drag rotates; it does not zoom or pan
+        moved = [r for r in start if p.js(f"tamisReport.screenPosition({r})") != start[r]]
+        assert moved == [0, 1, 2]
+        # shift+drag pans: the view angles stay
+        p.page.keyboard.down("Shift")
+        p.page.mouse.move(cx, cy)
+        p.page.mouse.down()
+        p.page.mouse.move(cx + 40, cy + 10)
+        p.page.mouse.move(cx + 80, cy + 20)
+        p.page.mouse.up()
+        p.page.keyboard.up("Shift")
+        assert p.js("tamisReport.view()")["yaw"] == after["yaw"]
+        p.page.mouse.wheel(0, -300)                        # wheel zooms
+        p.page.wait_for_timeout(300)
+        assert p.js("tamisReport.view()")["scale"] > after["scale"]
+        row, pos = _front_row(p, scanned_3d["n"])
+        p.page.mouse.click(pos["x"], pos["y"])
+        fields = p.page.locator("#panel-fields")
+        fields.wait_for()
+        assert fields.locator("[data-field=row]").inner_text() == str(row)
+        p.page.click("#sample-panel button.exclude")
+        assert p.js("tamisReport.excluded()") == [row]
+        assert p.errors == []
+    finally:
+        p.context.close()
+
+
+def test_3d_map_draws_nearer_points_over_farther_ones(browser, scanned_3d, tmp_path):
+    report = scanned_3d["report"]
+    s = report.samples
+    flagged = np.zeros(s.num_rows, dtype=bool)
+    for name in s.column_names:
+        if name.startswith("is_") and name.endswith("_issue"):
+            flagged |= np.asarray(s[name].to_numpy(zero_copy_only=False), dtype=bool)
+    a, b = (int(r) for r in np.flatnonzero(~flagged)[:2])        # two rows drawn alike but for depth
+    coords = np.random.default_rng(0).uniform(-10, 10, size=(s.num_rows, 3))
+    coords[[a, b]] = 0.0
+    coords[a, 2], coords[b, 2] = 2.0, -2.0                       # same x, y; a in front along +z
+    for r in np.flatnonzero(np.abs(coords[:, :2]).max(axis=1) < 2):
+        if r not in (a, b):
+            coords[r, :2] = 9.0                                  # nothing else near the centre
+    html = write_html_report(report, tmp_path / "z", coords=coords)
+    p = Page(browser, html)
+    try:
+        p.js("document.getElementById('scatter').scrollIntoView({block: 'center'})")
+        view = p.js("tamisReport.view()")
+        p.js(f"tamisReport.rotate({-view['yaw']}, {-view['pitch']})")   # look down the z axis
+        p.page.wait_for_timeout(100)
+        pos = p.js(f"tamisReport.screenPosition({a})")
+        assert pos == p.js(f"tamisReport.screenPosition({b})")
+        assert p.js(f"tamisReport.rowAt({pos['x']}, {pos['y']})") == a
+        p.js("tamisReport.rotate(Math.PI, 0)")                           # from behind
+        p.page.wait_for_timeout(100)
+        pos = p.js(f"tamisReport.screenPosition({a})")
+        assert p.js(f"tamisReport.rowAt({pos['x']}, {pos['y']})") == b
+        assert p.errors == []
+    finally:
+        p.context.close()

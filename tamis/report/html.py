@@ -131,7 +131,7 @@ def _coords(coords: Any, n: int) -> np.ndarray | None:
     if a.ndim != 2 or a.shape[0] != n or a.shape[1] < 2:
         raise InputError(f"coords has shape {a.shape}; expected ({n}, 2) or ({n}, 3): one row per input row, "
                          "NaN where a row has no point")
-    xy = np.ascontiguousarray(a[:, :2])
+    xy = np.ascontiguousarray(a[:, :3])   # a 3-D map keeps its third axis: the page rotates it
     xy[~np.isfinite(xy).all(axis=1)] = np.nan
     return xy
 

@@ -39,7 +39,11 @@
   const ISSUES = D.issue_types;
   const scores = {};
   for (const k of Object.keys(C.scores)) scores[k] = f32(C.scores[k]);
+  // the map: coords holds DIMS values per row (2 or 3); P the 2-D view of it (the rotated 3-D map), Z its depth
+  const DIMS = D.coords && D.meta.projection && D.meta.projection.dims === 3 ? 3 : 2;
   const coords = D.coords ? f32(D.coords) : null;
+  const P = coords && DIMS === 3 ? new Float32Array(2 * N) : coords;
+  const Z = coords && DIMS === 3 ? new Float32Array(N) : null;
   const nnK = D.neighbors ? D.neighbors.k : 0;
   const nnRows = D.neighbors ? i32(D.neighbors.rows) : null;
   const hasThumb = new Uint8Array(N);
@@ -322,6 +326,7 @@
     colorBy: "label", enabled: 0xffffffff >>> 0, showClean: true, selected: -1, hover: -1,
     interacting: false, lastFullMs: 0, drawn: 0, stride: 1, pending: false, pendingFull: false, idleTimer: 0,
     bounds: null, n: 0, clean: null, flagged: null,
+    yaw: 0.6, pitch: 0.35, center: [0, 0, 0], radius: 1, zbuf: null,
   };
   const scatterSection = h("section", { id: "projection" });
   main.append(scatterSection);
@@ -342,26 +347,41 @@
     }
     if (proj.description) scatterSection.append(h("p", { class: "muted", id: "projection-about", text: proj.description }));
     if (proj.fallback_reason) scatterSection.append(h("p", { class: "note warn", text: proj.method.toUpperCase() + " was used: " + proj.fallback_reason }));
-    if (proj.dims === 3) scatterSection.append(h("p", { class: "note", text: "3-D projection: the first two axes are drawn." }));
     // rows with a point, flagged ones drawn last so issues stay visible
     let nClean = 0, nFlag = 0;
-    let minX = Infinity, maxX = -Infinity, minY = Infinity, maxY = -Infinity;
+    const lo = [Infinity, Infinity, Infinity], hi = [-Infinity, -Infinity, -Infinity];
     for (let r = 0; r < N; r++) {
-      const x = coords[2 * r], y = coords[2 * r + 1];
-      if (!(x === x && y === y)) continue;
-      if (x < minX) minX = x; if (x > maxX) maxX = x; if (y < minY) minY = y; if (y > maxY) maxY = y;
+      if (!hasPoint(r)) continue;
+      for (let d = 0; d < DIMS; d++) {
+        const v = coords[DIMS * r + d];
+        if (v < lo[d]) lo[d] = v; if (v > hi[d]) hi[d] = v;
+      }
       if (flags[r]) nFlag++; else nClean++;
     }
     S.clean = new Int32Array(nClean); S.flagged = new Int32Array(nFlag);
     let a = 0, b = 0;
     for (let r = 0; r < N; r++) {
-      const x = coords[2 * r];
-      if (!(x === x && coords[2 * r + 1] === coords[2 * r + 1])) continue;
+      if (!hasPoint(r)) continue;
       if (flags[r]) S.flagged[b++] = r; else S.clean[a++] = r;
     }
     S.n = nClean + nFlag;
     if (!S.n) { scatterSection.append(h("p", { class: "muted", text: "No row has a point on the map." })); return; }
-    S.bounds = [minX, maxX, minY, maxY];
+    if (DIMS === 3) {
+      // rotate about the box's centre; the view fits the sphere around it, so no angle crops the map
+      S.center = [0, 1, 2].map((d) => (lo[d] + hi[d]) / 2);
+      let r2 = 0;
+      for (let r = 0; r < N; r++) {
+        if (!hasPoint(r)) continue;
+        let q = 0;
+        for (let d = 0; d < 3; d++) { const v = coords[3 * r + d] - S.center[d]; q += v * v; }
+        if (q > r2) r2 = q;
+      }
+      S.radius = Math.sqrt(r2) || 1;
+      S.bounds = [-S.radius, S.radius, -S.radius, S.radius];
+      rotateView();
+    } else {
+      S.bounds = [lo[0], hi[0], lo[1], hi[1]];
+    }
 
     const colorSel = h("select", { id: "color-by" },
       h("option", { value: "label" }, "label"), h("option", { value: "issue" }, "issue type"));
@@ -386,7 +406,9 @@
     scatterSection.append(tools);
     wrap.append(canvas, tooltip);
     scatterSection.append(wrap, legend,
-      h("p", { class: "note", text: "Drag to pan, wheel to zoom, click a point for its details. Rows flagged by a check are drawn on top." }));
+      h("p", { class: "note", id: "scatter-help", text: DIMS === 3
+        ? "3-D map: drag to rotate, Shift+drag to pan, wheel to zoom, click a point for its details. Nearer points hide farther ones; rows flagged by a check are drawn on top."
+        : "Drag to pan, wheel to zoom, click a point for its details. Rows flagged by a check are drawn on top." }));
     recolor();
     new ResizeObserver(resize).observe(wrap);
     canvas.addEventListener("pointerdown", onDown);
@@ -394,6 +416,30 @@
     canvas.addEventListener("pointerup", onUp);
     canvas.addEventListener("pointerleave", () => { if (!S.drag) setHover(-1, 0, 0); });
     canvas.addEventListener("wheel", onWheel, { passive: false });
+  }
+
+  function hasPoint(r) {
+    for (let d = 0; d < DIMS; d++) { const v = coords[DIMS * r + d]; if (!(v === v)) return false; }
+    return true;
+  }
+
+  // 3-D: P (screen-plane x, y) and Z (depth, larger = nearer) of every row for the current yaw
+  // (about the vertical axis) and pitch (about the horizontal one); an orthographic view
+  function rotateView() {
+    const cy = Math.cos(S.yaw), sy = Math.sin(S.yaw), cp = Math.cos(S.pitch), sp = Math.sin(S.pitch);
+    const [c0, c1, c2] = S.center;
+    for (let r = 0; r < N; r++) {
+      const x = coords[3 * r] - c0, y = coords[3 * r + 1] - c1, z = coords[3 * r + 2] - c2;
+      const x1 = cy * x + sy * z, z1 = -sy * x + cy * z;
+      P[2 * r] = x1;
+      P[2 * r + 1] = cp * y - sp * z1;
+      Z[r] = sp * y + cp * z1;
+    }
+  }
+  function rotate(dYaw, dPitch) {
+    S.yaw += dYaw;
+    S.pitch = Math.max(-1.55, Math.min(1.55, S.pitch + dPitch));
+    rotateView();
   }
 
   function recolor() {
@@ -439,6 +485,7 @@
     S.img = g2.createImageData(W, H);
     S.buf = new Uint32Array(S.img.data.buffer);
     S.pick = new Int32Array(W * H);
+    if (DIMS === 3) S.zbuf = new Float32Array(W * H);
     if (first) fitView();
     draw(true);
   }
@@ -461,6 +508,8 @@
     const W = S.W, H = S.H, buf = S.buf, pick = S.pick, cols = S.colors;
     buf.fill(0xffffffff);
     pick.fill(-1);
+    const zbuf = S.zbuf;
+    if (zbuf) zbuf.fill(-Infinity);
     const visible = S.n;
     let stride = Math.max(1, Math.ceil(visible / MAX_DRAW));
     if (!full && S.lastFullMs > FRAME_BUDGET_MS) stride = Math.max(stride, Math.ceil(S.lastFullMs / FRAME_BUDGET_MS));
@@ -472,14 +521,22 @@
         const r = list[j];
         const f = flags[r] | 0;
         if (f === 0 ? !showClean : (f & enabled) === 0) continue;
-        const x0 = Math.floor((coords[2 * r] - cx) * sc + W2) - half;
-        const y0 = Math.floor(H2 - (coords[2 * r + 1] - cy) * sc) - half;
+        const x0 = Math.floor((P[2 * r] - cx) * sc + W2) - half;
+        const y0 = Math.floor(H2 - (P[2 * r + 1] - cy) * sc) - half;
         if (x0 >= W || y0 >= H || x0 + sz <= 0 || y0 + sz <= 0) continue;
         const c = cols[r];
         const xa = Math.max(0, x0), xb = Math.min(W, x0 + sz), ya = Math.max(0, y0), yb = Math.min(H, y0 + sz);
-        for (let y = ya; y < yb; y++) {
-          const o = y * W;
-          for (let x = xa; x < xb; x++) { buf[o + x] = c; pick[o + x] = r; }
+        if (zbuf) {
+          const depth = Z[r] + (f === 0 ? 0 : 1e30);   // flagged rows stay on top, nearest first among each
+          for (let y = ya; y < yb; y++) {
+            const o = y * W;
+            for (let x = xa; x < xb; x++) if (depth >= zbuf[o + x]) { zbuf[o + x] = depth; buf[o + x] = c; pick[o + x] = r; }
+          }
+        } else {
+          for (let y = ya; y < yb; y++) {
+            const o = y * W;
+            for (let x = xa; x < xb; x++) { buf[o + x] = c; pick[o + x] = r; }
+          }
         }
         drawn++;
       }
@@ -495,10 +552,10 @@
   }
 
   function toScreen(r) {
-    return [(coords[2 * r] - S.cx) * S.scale + S.W / 2, S.H / 2 - (coords[2 * r + 1] - S.cy) * S.scale];
+    return [(P[2 * r] - S.cx) * S.scale + S.W / 2, S.H / 2 - (P[2 * r + 1] - S.cy) * S.scale];
   }
   function ring(r, color, radius, width) {
-    if (r < 0 || !(coords[2 * r] === coords[2 * r])) return;
+    if (r < 0 || !hasPoint(r)) return;
     const [x, y] = toScreen(r);
     g2.beginPath(); g2.arc(x, y, radius * S.dpr, 0, 2 * Math.PI);
     g2.lineWidth = width * S.dpr; g2.strokeStyle = color; g2.stroke();
@@ -542,7 +599,7 @@
   }
   function onDown(ev) {
     canvas.setPointerCapture(ev.pointerId);
-    S.drag = { x: ev.clientX, y: ev.clientY, moved: false };
+    S.drag = { x: ev.clientX, y: ev.clientY, moved: false, pan: DIMS !== 3 || ev.shiftKey };
   }
   function onMove(ev) {
     const [px, py, mx, my] = canvasPoint(ev);
@@ -551,8 +608,12 @@
       if (!S.drag.moved && dx * dx + dy * dy < 9) return;
       S.drag.moved = true;
       S.drag.x = ev.clientX; S.drag.y = ev.clientY;
-      const k = S.W / canvas.getBoundingClientRect().width;
-      S.cx -= (dx * k) / S.scale; S.cy += (dy * k) / S.scale;
+      if (S.drag.pan) {
+        const k = S.W / canvas.getBoundingClientRect().width;
+        S.cx -= (dx * k) / S.scale; S.cy += (dy * k) / S.scale;
+      } else {
+        rotate(dx * 0.008, dy * 0.008);
+      }
       setHover(-1, 0, 0);
       interact();
       return;
@@ -612,7 +673,7 @@
       if (v != null) field(FIELDS[col].caption, v, col);
     }
     if (SPLITS.length) field("split", splitOf(r) || "\u2014", "split");
-    if (!(coords && coords[2 * r] === coords[2 * r])) field("map", "no point (no usable embedding or no projection)", "map");
+    if (!(coords && hasPoint(r))) field("map", "no point (no usable embedding or no projection)", "map");
     kids.push(dl);
     const fl = h("div");
     ISSUES.forEach((name) => { if (flags[r] & bitOf(name)) fl.append(h("span", { class: "flag", text: name })); });
@@ -781,8 +842,11 @@
     pointCount: () => S.n,
     drawnCount: () => S.drawn,
     frameMs: () => S.lastFullMs,
+    dims: () => (coords ? DIMS : 0),
+    view: () => ({ yaw: S.yaw, pitch: S.pitch, scale: S.scale }),
+    rotate(dYaw, dPitch) { rotate(dYaw, dPitch); requestDraw(true); },
     screenPosition(r) {
-      if (!coords || !(coords[2 * r] === coords[2 * r])) return null;
+      if (!coords || !hasPoint(r)) return null;
       const rect = canvas.getBoundingClientRect();
       const [x, y] = toScreen(r);
       return { x: rect.left + (x * rect.width) / S.W, y: rect.top + (y * rect.height) / S.H };
