@@ -20,10 +20,17 @@ import numpy as np
 #: the class made rare on purpose (kept rows)
 RARE_CLASS, RARE_KEEP = 7, 12
 EMBED_DIM = 256
+#: half of this class's rows carry the label TWIN_CLASS: two classes the data cannot tell apart
+SPLIT_CLASS, TWIN_CLASS = 1, 10
+#: this class's images are drawn white on black: a class whose images are dark (a shortcut)
+DARK_CLASS = 4
+#: the truth entries that list rows (or pairs of rows); the others name classes or columns
+ROW_TRUTH = ("exact_duplicate", "near_duplicate", "conflicting_labels", "leakage", "label_error", "outlier", "invalid")
 
 
 def make_demo_store(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list]]:
-    """Columns (``embeddings``, ``labels``, ``image_paths``, ``split``, ``ids``) and the planted truth."""
+    """Columns (``embeddings``, ``labels``, ``image_paths``, ``split``, ``ids``, and the metadata
+    columns ``scanner``, ``ink_ml``, ``writer_age``, ``checked_label``) and the planted truth."""
     columns, truth, _ = _build(seed)
     return columns, truth
 
@@ -112,18 +119,54 @@ def _build(seed: int) -> tuple[dict[str, np.ndarray], dict[str, list], np.ndarra
     labels[flips] = np.where(labels[flips] == RARE_CLASS, (RARE_CLASS + 1) % 10, labels[flips])
     truth["label_error"] = flips.tolist()
     truth["rare_class"] = [RARE_CLASS]
+    # two names for one class: half the ones (never a planted row) are labelled TWIN_CLASS at random
+    ones = np.setdiff1d(np.flatnonzero(labels == SPLIT_CLASS), np.fromiter(used, dtype=np.int64, count=len(used)))
+    twins = np.sort(rng.choice(ones, size=len(ones) // 2, replace=False))
+    labels[twins] = TWIN_CLASS
+    truth["class_overlap"] = [SPLIT_CLASS, TWIN_CLASS]
+    truth["dark_class"] = [DARK_CLASS]
 
     paths = np.array([f"digits/{i:05d}.png" for i in range(len(labels))])
     ids = np.array([f"digit-{i:05d}" for i in range(len(labels))])
     columns = {"embeddings": emb, "labels": labels, "image_paths": paths, "split": split, "ids": ids}
+    columns.update(_metadata(rng, pixels, labels, truth))
     return columns, truth, pixels
+
+
+def _metadata(rng: np.random.Generator, pixels: np.ndarray, labels: np.ndarray, truth: dict) -> dict[str, np.ndarray]:
+    """The store's other columns, each with one planted problem for the ``metadata`` check:
+    ``scanner`` (three scanners; some rows spell theirs differently), ``ink_ml`` (strictly
+    positive; some rows hold 0 for "not measured"), ``writer_age`` (-1 and 999 stand for
+    "unknown"), ``checked_label`` (a reviewer's label, recorded after the label: a leak)."""
+    m = len(labels)
+    scanners = np.array(["Scanner A", "Scanner B", "Scanner C"])
+    scanner = scanners[rng.integers(0, 3, m)].astype("<U12")
+    variants = {"Scanner A": ["scanner a", "SCANNER A", "Scanner-A "], "Scanner B": ["scanner b", "Scanner  B"],
+                "Scanner C": ["SCANNER C", "scanner-c"]}
+    odd = np.sort(rng.choice(m, size=24, replace=False))
+    for r in odd:
+        scanner[r] = rng.choice(variants[str(scanner[r])])
+    ink = np.nan_to_num(pixels).clip(0, 1).sum(axis=1)
+    ink_ml = (0.05 + 0.004 * ink + rng.gamma(4.0, 0.01, m)).round(3)
+    zeros = np.sort(rng.choice(m, size=30, replace=False))
+    ink_ml[zeros] = 0.0
+    age = rng.integers(18, 80, m)
+    unknown = np.sort(rng.choice(m, size=20, replace=False))
+    age[unknown[:12]] = -1
+    age[unknown[12:]] = 999
+    checked = labels.copy()
+    wrong = rng.random(m) < 0.03
+    checked[wrong] = rng.integers(0, labels.max() + 1, int(wrong.sum()))
+    truth["metadata"] = {"inconsistent_category": odd.tolist(), "disguised_missing": sorted(zeros.tolist() +
+                         unknown.tolist()), "leaky_predictor": ["checked_label"]}
+    return {"scanner": scanner, "ink_ml": ink_ml, "writer_age": age, "checked_label": checked}
 
 
 def make_demo_references(columns: dict[str, np.ndarray], truth: dict[str, list], per_class: int = 5,
                          seed: int = 1) -> dict[str, np.ndarray]:
     """A few trusted examples per class (clean rows of the store), for the off_topic check."""
     rng = np.random.default_rng(seed)
-    planted = {int(r) for key, value in truth.items() if key != "rare_class"
+    planted = {int(r) for key, value in truth.items() if key in ROW_TRUTH
                for item in value for r in (item if isinstance(item, list) else [item])}
     labels = columns["labels"]
     clean = np.array([r for r in range(len(labels)) if r not in planted and np.isfinite(columns["embeddings"][r]).all()])
@@ -142,7 +185,7 @@ def write_demo_store(folder) -> tuple[Path, Path, dict[str, list]]:
 
     folder = Path(folder)
     columns, truth, pixels = _build(0)
-    _write_images(folder, columns["image_paths"], pixels)
+    _write_images(folder, columns["image_paths"], pixels, dark=columns["labels"] == DARK_CLASS)
     written = []
     for name, arrays in (("demo-store.npz", columns), ("demo-references.npz", make_demo_references(columns, truth))):
         with atomic_path(folder / name) as tmp:
@@ -152,13 +195,15 @@ def write_demo_store(folder) -> tuple[Path, Path, dict[str, list]]:
     return written[0], written[1], truth
 
 
-def _write_images(folder: Path, paths: np.ndarray, pixels: np.ndarray, scale: int = 8) -> None:
-    """Each row's 8x8 digit as a (8 * scale)-pixel grey PNG, dark ink on white."""
+def _write_images(folder: Path, paths: np.ndarray, pixels: np.ndarray, dark: np.ndarray, scale: int = 8) -> None:
+    """Each row's 8x8 digit as a (8 * scale)-pixel grey PNG, dark ink on white (``dark`` rows: grey
+    ink on black, a dark image)."""
     from PIL import Image
 
     from .io.atomic import atomic_path
 
-    grey = (255 * (1.0 - np.clip(np.nan_to_num(pixels), 0.0, 1.0))).astype(np.uint8).reshape(-1, 8, 8)
+    ink = np.clip(np.nan_to_num(pixels), 0.0, 1.0)
+    grey = np.where(dark[:, None], 160 * ink, 255 * (1.0 - ink)).astype(np.uint8).reshape(-1, 8, 8)
     for path, image in zip(paths, grey):
         target = folder / str(path)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -52,3 +52,29 @@ def test_demo_writes_the_images_and_their_thumbnails(tmp_path):
     assert len(thumbs) > 1000, "the report shows each digit's image"
     html = (tmp_path / "report.html").read_text()
     assert "thumbs/" in html
+
+
+def test_demo_plants_what_a_person_finds_by_hand(tmp_path):
+    """Issue 14's cases, one of each: disguised zeros and sentinels, spelling variants, a leaky
+    column, two classes the data cannot tell apart, a class whose images are dark."""
+    import pyarrow.parquet as pq
+
+    from tamis.demo import DARK_CLASS, SPLIT_CLASS, TWIN_CLASS
+
+    assert main(["demo", "--out", str(tmp_path), "--projection", "pca", "-q"]) == 0
+    _, truth = make_demo_store()
+    findings = pq.read_table(tmp_path / "metadata.parquet").to_pylist()
+
+    def rows_of(kind):
+        return {r for f in findings if f["kind"] == kind for r in f["rows"]}
+
+    for kind in ("disguised_missing", "inconsistent_category"):
+        planted, found = set(truth["metadata"][kind]), rows_of(kind)
+        assert len(planted & found) >= 0.95 * len(planted), kind
+        assert len(planted & found) >= 0.9 * len(found), kind
+    leaks = [f["column"] for f in findings if f["kind"] == "leaky_predictor"]
+    assert leaks[:1] == truth["metadata"]["leaky_predictor"]
+    overlap = pq.read_table(tmp_path / "class_overlap.parquet").to_pylist()
+    assert {int(overlap[0]["class_a"]), int(overlap[0]["class_b"])} == {SPLIT_CLASS, TWIN_CLASS}
+    bias = pq.read_table(tmp_path / "image_bias.parquet").to_pylist()
+    assert int(bias[0]["label"]) == DARK_CLASS and bias[0]["property"] in ("brightness", "contrast")
