@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 ISSUE_TYPES = ("exact_duplicate", "near_duplicate", "conflicting_labels", "leakage",
-               "label_error", "outlier", "class_imbalance", "invalid")
+               "label_error", "outlier", "off_topic", "class_imbalance", "invalid")
 POLICIES = ("rows", "excluded_rows")
 
 

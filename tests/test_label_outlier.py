@@ -51,8 +51,9 @@ def test_label_errors_are_found(source, device):
     expected = truth["flips"] | truth["outliers"] if source == "embeddings" else truth["flips"]
     p, r = pr(flagged(report, "label_error"), expected)
     assert p >= 0.85 and r >= 0.8, (source, p, r)
-    assert report.summary["checks"]["label_error"]["sources"] == (
-        ["embeddings", "pred_probs"] if source == "auto" else [source])
+    assert report.summary["checks"]["label_error"]["sources"] == {
+        "auto": ["neighbours", "probe", "pred_probs"], "embeddings": ["neighbours", "probe"],
+        "pred_probs": ["pred_probs"]}[source]
     suggested = report.samples["suggested_label"].to_numpy(zero_copy_only=False)
     flips = sorted(truth["flips"] & flagged(report, "label_error"))
     assert (suggested[flips] == truth["true"][flips]).mean() >= 0.9
@@ -138,13 +139,42 @@ def test_off_topic_with_references(tmp_path):
     assert report.summary["checks"]["off_topic"]["n_references"] == 50
 
 
-def test_off_topic_is_skipped_without_references_and_errors_when_asked_for():
-    cols, _ = planted(n=300)
-    report = tamis.scan(cols, device="cpu")
-    skipped = {s["check"]: s["reason"] for s in report.summary["checks_skipped"]}
-    assert "--references" in skipped["off_topic"]
-    with pytest.raises(tamis.ConfigError, match="off_topic.*--references"):
-        tamis.scan(cols, device="cpu", checks=["off_topic"])
+def test_junk_clusters_are_found_without_references():
+    """Three tight clusters far from every class, their labels drawn at random: off_topic flags
+    them and lists them as groups; a clean store has none."""
+    cols, truth = planted(n=3000, n_outliers=15)
+    rng = np.random.default_rng(3)
+    d = cols["embeddings"].shape[1]
+    junk = []
+    for _ in range(3):
+        centre = rng.normal(size=d)
+        junk.append(centre + 0.25 * rng.normal(size=(40, d)))         # cosine ~0.94 within a cluster
+    emb = np.vstack([cols["embeddings"], *junk]).astype(np.float32)
+    labels = np.concatenate([cols["labels"], rng.integers(0, 10, 120)])
+    report = tamis.scan({"embeddings": emb, "labels": labels}, device="cpu", checks=["off_topic"])
+    found = flagged(report, "off_topic")
+    planted_junk = set(range(3000, 3120))
+    p, r = pr(found, planted_junk)
+    assert p >= 0.95 and r >= 0.95, (p, r)
+    groups = report.tables["off_topic_clusters"].to_pylist()
+    assert sorted({g["group_id"] for g in groups}) == [3000, 3040, 3080]
+    assert not any(g["keep"] for g in groups)
+    summary = report.summary["checks"]["off_topic"]
+    assert summary["n_junk_clusters"] == 3 and all(c["size"] == 40 for c in summary["junk_clusters"])
+    assert not found & truth["outliers"]             # isolated rows are outlier's, not junk
+    clean = tamis.scan({"embeddings": cols["embeddings"], "labels": cols["labels"]}, device="cpu",
+                       checks=["off_topic"])
+    assert flagged(clean, "off_topic") == set() and clean.tables["off_topic_clusters"].num_rows == 0
+
+
+def test_a_tight_cluster_with_one_label_is_not_junk():
+    cols, _ = planted(n=2000, n_outliers=0)
+    rng = np.random.default_rng(4)
+    mode = rng.normal(size=cols["embeddings"].shape[1]) + 0.2 * rng.normal(size=(40, cols["embeddings"].shape[1]))
+    emb = np.vstack([cols["embeddings"], mode]).astype(np.float32)
+    labels = np.concatenate([cols["labels"], np.full(40, 3)])              # a rare mode of class 3
+    report = tamis.scan({"embeddings": emb, "labels": labels}, device="cpu", checks=["off_topic"])
+    assert flagged(report, "off_topic") == set()
 
 
 def test_off_topic_reference_errors(tmp_path):
@@ -229,3 +259,59 @@ def test_knn_probabilities_exclude_self_and_sum_to_one():
     np.testing.assert_allclose(P.sum(axis=1), 1, rtol=1e-6)
     np.testing.assert_allclose(P[0], [(0.1 + 0.5) / 2.8, (1.7 + 0.5) / 2.8], rtol=1e-6)
     np.testing.assert_allclose(P[1], [(1.0 + 0.5) / 2.0, 0.5 / 2.0], rtol=1e-6)  # negative similarity: no vote
+
+
+# ---------------------------------------------------------------------- the linear probe
+def test_probe_matches_scikit_learns_lda_fold_by_fold():
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from tamis.checks.shared.probe import fold_of, probe_probabilities
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(5, 12))[rng.integers(0, 5, 600)] + rng.normal(size=(600, 12))).astype(np.float32)
+    y = rng.integers(0, 5, 600)
+    y[:400] = np.argmax(x[:400, :5], axis=1)          # labels the features partly explain
+    P = probe_probabilities(x, y, 5, folds=4, shrinkage=0.1, seed=3)
+    fold = fold_of(600, 4, 3)
+    assert sorted(np.bincount(fold).tolist()) == [150, 150, 150, 150]
+    for f in range(4):
+        test = fold == f
+        ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.1).fit(x[~test].astype(np.float64), y[~test])
+        assert np.abs(P[test] - ref.predict_proba(x[test].astype(np.float64))).max() < 1e-4
+    assert np.allclose(P.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_probe_never_scores_a_row_with_a_model_that_saw_it():
+    from tamis.checks.shared.probe import probe_probabilities
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    y = rng.integers(0, 2, 200)                       # labels unrelated to the features
+    P = probe_probabilities(x, y, 2, folds=5)
+    # an in-sample model would fit noise and favour the given label; out of sample it cannot
+    own = P[np.arange(200), y]
+    assert abs(float(own.mean()) - 0.5) < 0.05
+
+
+def test_product_of_sources_ranks_flips_better_than_neighbour_votes_alone():
+    """On the realistic generator's store (sibling classes that overlap, flips mostly to a
+    sibling), the probe and the product of both rank the flips better than the votes."""
+    from sklearn.metrics import average_precision_score
+
+    from bench.generate import RealisticConfig, generate
+
+    synthetic = generate(RealisticConfig(n=6000, d=64, classes=20, seed=2, pred_probs=False))
+    a, truth = synthetic.arrays, synthetic.truth["label_error"]
+    cols = {"embeddings": a["embeddings"], "labels": a["labels"]}
+    positive = np.zeros(len(a["labels"]), dtype=bool)
+    positive[truth["rows"]] = True
+    keep = np.ones(len(positive), dtype=bool)
+    keep[truth["ignore_rows"]] = False
+    keep |= positive
+    aps = {}
+    for evidence in ("neighbours", "probe", "neighbours+probe"):
+        report = tamis.scan(cols, checks=["label_error"], params={"label_error": {"evidence": evidence}})
+        score = report.samples["label_error_score"].to_numpy(zero_copy_only=False)
+        aps[evidence] = average_precision_score(positive[keep], -score[keep])
+    assert aps["probe"] > aps["neighbours"] + 0.02, aps
+    assert aps["neighbours+probe"] > aps["neighbours"] + 0.02, aps

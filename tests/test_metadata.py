@@ -130,7 +130,7 @@ def test_the_leaky_column_is_ranked_first(scanned):
     table = scanned.tables["metadata"].to_pylist()
     assert (table[0]["column"], table[0]["kind"]) == ("leak", "leaky_predictor")
     predictors = scanned.summary["checks"]["metadata"]["predictors"]["label"]
-    assert predictors["embedding"]["sources"] == ["embeddings"]          # label_error's probabilities, reused
+    assert predictors["embedding"]["sources"] == ["neighbours", "probe"]   # label_error's probabilities, reused
     assert predictors["columns"][0]["column"] == "leak" and predictors["columns"][0]["rank"] == 1
     leak = _finding_summary(scanned, "leak", "leaky_predictor")
     assert leak["accuracy"] > predictors["embedding"]["accuracy"] + 0.1 and leak["target"] == "label"

@@ -1,11 +1,15 @@
 """Likely label errors, by confident learning on out-of-sample class probabilities.
 
-Probabilities come from the embeddings' neighbourhoods (similarity-weighted votes of the k
-nearest neighbours, the row itself excluded, smoothed towards the class prior), from a
-model's ``pred_probs`` (which must be out-of-sample, e.g. cross-validated), or, when the
-store has both, from their average (``source="auto"``): the two err in different ways, and
-averaging two calibrated estimates keeps a probability while letting either veto a
-confident mistake of the other. :mod:`tamis.checks.shared.confident` finds the issues.
+Probabilities come from the embeddings (``evidence``: the similarity-weighted votes of the k
+nearest neighbours, the row itself excluded, smoothed towards the class prior; and a linear
+probe, linear discriminant analysis cross-validated over 5 folds, :mod:`.shared.probe`), from
+a model's ``pred_probs`` (which must be out-of-sample, e.g. cross-validated), or from every
+source the store has (``source="auto"``), combined as a product of experts (the normalised
+geometric mean): the sources err in different ways, and a class keeps its probability only
+where none of them doubts it. Neighbour votes are sharp and miscalibrated where classes
+overlap; the probe sees the class's whole shape (measured on the realistic bench store:
+average precision 0.814 votes, 0.877 probe, 0.892 both). :mod:`tamis.checks.shared.confident`
+finds the issues.
 
 Which rows are flagged (``method``): ``prune_by_noise_rate`` is confident learning as
 published (and cleanlab's default); ``prune_or_disagree`` also flags the rows outvoted with
@@ -33,7 +37,7 @@ import pyarrow as pa
 
 from ..config import Interval, Options
 from .base import Check, CheckResult, plain
-from .shared.confident import class_probabilities, disagreements, find_label_issues
+from .shared.confident import EMBEDDING_EVIDENCE, class_probabilities, disagreements, find_label_issues
 from .views import Field, Samples, Table
 
 
@@ -49,27 +53,29 @@ class LabelError(Check):
         "k": Interval(int, 1, None, none_ok=True),
         "smoothing": Interval(float, 0, None, closed="left"),
         "method": Options(("auto", "prune_by_noise_rate", "prune_or_disagree")),
+        "evidence": Options(EMBEDDING_EVIDENCE),
     }
 
     def __init__(self, source: str = "auto", k: int | None = None, smoothing: float = 0.1,
-                 method: str = "auto") -> None:
+                 method: str = "auto", evidence: str = "neighbours+probe") -> None:
         self.source = source
         self.k = k
         self.smoothing = smoothing
         self.method = method
+        self.evidence = evidence
 
     def _run(self, ctx) -> CheckResult:
         names = ctx.label_names
         n_classes = len(names)
         rows = ctx.valid_rows
         y = ctx.label_codes[rows]
-        P, used = class_probabilities(ctx, self.name, self.source, self.k, self.smoothing)
+        P, used = class_probabilities(ctx, self.name, self.source, self.k, self.smoothing, self.evidence)
 
         issues, est = find_label_issues(P, y)
         self_conf = P[np.arange(len(y)), y].astype(np.float64)
         suggested = np.argmax(P, axis=1)
         method = self.method if self.method != "auto" else \
-            "prune_or_disagree" if "embeddings" in used else "prune_by_noise_rate"
+            "prune_or_disagree" if {"neighbours", "probe"} & set(used) else "prune_by_noise_rate"
         if method == "prune_or_disagree":
             issues |= disagreements(P, y, est["thresholds"])
         flags = ctx.to_rows(issues, fill=False, dtype=bool)

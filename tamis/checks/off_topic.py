@@ -1,7 +1,28 @@
-"""Off-topic samples: rows unlike the trusted reference examples of their own class.
+"""Off-topic samples: junk clusters that belong to no class, and rows unlike the trusted
+reference examples of their own class.
 
 Scraped data holds images that are not what their label says: junk, memes, text, other
-objects. Given a few trusted examples per class (``references``: a store path or in-memory
+objects, logos, blank frames. Two signals, the second only with references:
+
+**Junk clusters** (always): small dense groups far from every class's mass, whose labels are
+mixed (scraped logos carry whatever label the page had). A row is a candidate when
+
+- its largest cosine similarity to any class centroid (the mean of the class's unit rows) is
+  below the fence ``Q1 - far_factor x IQR`` of that similarity over all rows (far from every
+  class: 3.0, Tukey's "far out");
+- it is not isolated: the mean similarity to its k neighbours is above the same kind of fence
+  (isolated rows are ``outlier``'s);
+- at most ``max_agreement`` (0.5) of its neighbours carry its label.
+
+Candidates linked in the neighbour graph form clusters; a cluster of at least
+``min_cluster`` (5) rows whose most common label holds at most half of them is junk: every
+member is flagged, and the clusters are ``off_topic_clusters.parquet`` (``group_id``: the
+smallest row, ``row``, ``keep`` false), the report's gallery. Measured on the realistic bench
+store (100k x 512, three junk clusters of ~167 rows with random labels among 100 classes, 0.5 %
+random-direction outliers): see README "Label errors, outliers and off-topic samples". The
+score is that largest centroid similarity, clipped to [0, 1].
+
+**References** (``references``: a few trusted examples per class (``references``: a store path or in-memory
 data with embeddings and labels, e.g. ``--references refs.npz``), a row's score is its
 largest cosine similarity to its class's references, clipped to [0, 1]. A row is flagged
 when that score is below ``min_similarity``; by default (None) each class gets its own
@@ -11,8 +32,10 @@ trusted example of another class typically is does not belong. This is deliberat
 conservative: a few references never cover a class's whole variety (a stricter cutoff,
 halfway to the references' similarity among themselves, flagged 8 % of the clean demo
 digits), and rows that belong to another class are ``label_error``'s to find. Rows of classes without
-references are not scored (listed in the summary). Flagged rows are excluded with reason
-``off_topic``. Time O(N R d) for R references, blocked; memory O(block x R).
+references are not scored (listed in the summary); with references the score is the
+reference similarity, and a row is flagged by either signal. Flagged rows are excluded with
+reason ``off_topic``. Time O(N C d) for the centroids, O(N R d) for R references, blocked;
+memory O(block x max(C, R)) and the graph.
 """
 
 from __future__ import annotations
@@ -21,9 +44,15 @@ from typing import Any
 
 import numpy as np
 
+import pyarrow as pa
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
 from ..config import Interval
+from ..engine.artifacts import neighbours, resolve_k
 from ..errors import InputError
 from .base import Check, CheckResult, plain
+from .views import Groups
 
 _BLOCK_CELLS = 1 << 24
 
@@ -39,23 +68,107 @@ class _Anything:
 class OffTopic(Check):
     name = "off_topic"
     requires = ("embeddings", "labels")
-    description = "rows unlike the trusted reference examples of their class (needs --references)"
+    description = "junk clusters far from every class, with mixed labels; rows unlike their class's references"
+    gallery = Groups(table="off_topic_clusters")
     _parameter_constraints = {
         "references": _Anything(),
         "min_similarity": Interval(float, -1, 1, none_ok=True),
+        "k": Interval(int, 1, None, none_ok=True),
+        "far_factor": Interval(float, 0, None, closed="neither"),
+        "max_agreement": Interval(float, 0, 1),
+        "min_cluster": Interval(int, 2, None),
     }
 
-    def __init__(self, references: Any = None, min_similarity: float | None = None) -> None:
+    def __init__(self, references: Any = None, min_similarity: float | None = None, k: int | None = None,
+                 far_factor: float = 3.0, max_agreement: float = 0.5, min_cluster: int = 5) -> None:
         self.references = references
         self.min_similarity = min_similarity
-
-    def skip_reason(self, available: frozenset[str]) -> str | None:
-        reason = super().skip_reason(available)
-        if reason is None and self.references is None:
-            return "needs reference embeddings per class: pass --references STORE"
-        return reason
+        self.k = k
+        self.far_factor = far_factor
+        self.max_agreement = max_agreement
+        self.min_cluster = min_cluster
 
     def _run(self, ctx) -> CheckResult:
+        far, members, clusters = self._junk_clusters(ctx)
+        summary = {"n_junk_clusters": len(clusters), "junk_clusters": clusters[:50]}
+        flag_valid = members.copy()
+        score_valid = np.clip(far, 0.0, 1.0)
+        if self.references is not None:
+            ref_flags, ref_scores, ref_summary = self._against_references(ctx)
+            flag_valid |= ref_flags
+            score_valid = np.where(np.isnan(ref_scores), score_valid, ref_scores)
+            summary.update(ref_summary)
+        summary["n_off_topic"] = int(flag_valid.sum())
+        rows = ctx.valid_rows
+        table_rows, table_groups = [], []
+        for cluster in clusters:
+            mine = rows[np.asarray(cluster.pop("members"))]
+            table_rows.append(mine)
+            table_groups.append(np.full(len(mine), mine.min()))
+            cluster["group_id"] = int(mine.min())
+        member_rows = np.concatenate(table_rows) if table_rows else np.empty(0, dtype=np.int64)
+        table = pa.table({
+            "group_id": pa.array(np.concatenate(table_groups) if table_groups else np.empty(0, np.int64),
+                                 type=pa.int64()),
+            "row": pa.array(member_rows, type=pa.int64()),
+            "keep": pa.array(np.zeros(len(member_rows), dtype=bool)),
+        })
+        flags = ctx.to_rows(flag_valid, fill=False, dtype=bool)
+        scores = ctx.to_rows(score_valid, fill=np.nan, dtype=np.float64)
+        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=np.flatnonzero(flags),
+                           tables={"off_topic_clusters": table})
+
+    def _junk_clusters(self, ctx) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """(largest centroid similarity per valid row, junk-cluster members (bool), the clusters)."""
+        xp = ctx.xp
+        emb = ctx.embeddings
+        codes = ctx.label_codes[ctx.valid_rows]
+        m, n_classes = len(codes), len(ctx.label_names)
+        sums = np.zeros((n_classes, int(emb.shape[1])))
+        block = max(1, _BLOCK_CELLS // max(1, int(emb.shape[1])))
+        for start in range(0, m, block):
+            part = emb[start:start + block].astype(xp.float32)
+            onehot = xp.zeros((int(part.shape[0]), n_classes), dtype=xp.float32)
+            onehot[xp.arange(int(part.shape[0])), xp.asarray(codes[start:start + block])] = 1.0
+            sums += ctx.backend.to_host(onehot.T @ part)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = xp.asarray((sums / np.where(norms > 0, norms, 1.0)).astype(np.float32))
+        far = np.empty(m)
+        block = max(1, _BLOCK_CELLS // max(1, n_classes))
+        for start in range(0, m, block):
+            far[start:start + block] = ctx.backend.to_host((emb[start:start + block].astype(xp.float32)
+                                                            @ centroids.T).max(axis=1))
+        k = resolve_k(ctx, self.k)
+        idx, sims = neighbours(ctx, k)
+        density = sims.astype(np.float64).mean(axis=1)
+        agreement = (codes[idx] == codes[:, None]).mean(axis=1)
+        candidate = ((far < _low_fence(far, self.far_factor)) & (density >= _low_fence(density, self.far_factor))
+                     & (agreement <= self.max_agreement))
+        members = np.zeros(m, dtype=bool)
+        clusters: list[dict] = []
+        if not candidate.any():
+            return far, members, clusters
+        head = np.repeat(np.arange(m), idx.shape[1])
+        tail = idx.ravel()
+        both = candidate[head] & candidate[tail]
+        graph = sp.coo_matrix((np.ones(int(both.sum())), (head[both], tail[both])), shape=(m, m)).tocsr()
+        _, component = connected_components(graph, directed=False)
+        for comp in np.unique(component[candidate]):
+            rows = np.flatnonzero(candidate & (component == comp))
+            if len(rows) < self.min_cluster:
+                continue
+            counts = np.bincount(codes[rows])
+            if counts.max() > 0.5 * len(rows):
+                continue
+            members[rows] = True
+            clusters.append({"members": rows, "size": int(len(rows)), "n_labels": int(np.count_nonzero(counts)),
+                             "top_label_share": float(counts.max() / len(rows)),
+                             "centroid_similarity": float(np.median(far[rows])),
+                             "density": float(np.median(density[rows]))})
+        clusters.sort(key=lambda c: (-c["size"], int(c["members"].min())))
+        return far, members, clusters
+
+    def _against_references(self, ctx) -> tuple[np.ndarray, np.ndarray, dict]:
         from ..io.readers import load_store
 
         refs = load_store(self.references)
@@ -105,16 +218,20 @@ class OffTopic(Check):
                     cutoffs[c] = float(np.median(rr[np.ix_(others, mine)].max(axis=1)))
         cut = cutoffs[codes]
         flag_valid = ~np.isnan(best_own) & ~np.isnan(cut) & (best_own < cut)
-        flags = ctx.to_rows(flag_valid, fill=False, dtype=bool)
-        scores = ctx.to_rows(np.clip(best_own, 0.0, 1.0), fill=np.nan, dtype=np.float64)
         summary = {
             "n_references": int(len(ref_labels)),
-            "n_off_topic": int(flag_valid.sum()),
+            "n_unlike_references": int(flag_valid.sum()),
             "classes_without_references": [plain(names[c]) for c in np.flatnonzero(~covered)][:50],
             "n_classes_without_references": int((~covered).sum()),
             "cutoffs": {str(names[c]): float(cutoffs[c]) for c in np.flatnonzero(~np.isnan(cutoffs))},
         }
-        return CheckResult(flags=flags, scores=scores, summary=summary, exclude=np.flatnonzero(flags))
+        return flag_valid, np.clip(best_own, 0.0, 1.0), summary
+
+
+def _low_fence(values: np.ndarray, factor: float) -> float:
+    """Q1 - factor x IQR: below it a value is far out on the low side (Tukey)."""
+    q1, q3 = np.quantile(values, [0.25, 0.75])
+    return float(q1 - factor * (q3 - q1))
 
 
 def _key(value: Any) -> str:
