@@ -1,8 +1,9 @@
 """Lazy imports of optional, mostly GPU-only, packages.
 
-``import tamis`` never imports CuPy, cuDF, cuML or FAISS. Code that needs one calls
-:func:`optional_import`, which returns the module or raises a :class:`DeviceError`
-(for GPU packages) or :class:`ConfigError` naming the extra that installs it.
+``import tamis`` never imports CuPy, cuDF, cuML, FAISS, Dask or pylance. Code that needs one
+calls :func:`optional_import`, which returns the module or raises a :class:`DeviceError`
+(for GPU packages) or :class:`ConfigError` naming the extra that installs it (and the package
+itself where pip knows it by another name: ``lance`` is ``pylance``).
 """
 
 from __future__ import annotations
@@ -21,19 +22,29 @@ _EXTRAS = {
     "faiss": ("faiss", False),
     "dask": ("dask", False),
     "distributed": ("dask", False),
+    "lance": ("lance", False),
+}
+#: package -> the name pip installs it by, where the two differ
+_PIP_NAMES = {
+    "lance": "pylance",
 }
 
 
-def optional_import(name: str) -> ModuleType:
-    """Import ``name`` or raise an error that says how to install it."""
+def optional_import(name: str, needed_for: str | None = None) -> ModuleType:
+    """Import ``name`` or raise an error that says how to install it; ``needed_for`` (e.g. a store's
+    path and format) starts the message, saying what needed the package."""
     try:
         return importlib.import_module(name)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except ImportError as exc:
         top = name.split(".")[0]
         extra, gpu_only = _EXTRAS.get(top, (None, False))
-        hint = f"pip install 'tamis[{extra}]'" if extra else f"pip install {top}"
+        pip = _PIP_NAMES.get(top, top)
+        hint = f"pip install {pip}"
+        if extra is not None:
+            hint = f"pip install 'tamis[{extra}]'" if pip == top else f"{hint} (or: pip install 'tamis[{extra}]')"
+        what = f"{needed_for} needs the optional package {top!r}, which" if needed_for else f"optional package {top!r}"
         cls = DeviceError if gpu_only else ConfigError
-        raise cls(f"optional package {top!r} is not installed ({exc}); install it with: {hint}") from exc
+        raise cls(f"{what} is not installed ({exc}); install it with: {hint}") from exc
 
 
 def has_module(name: str) -> bool:

@@ -87,6 +87,10 @@ def _write(kind: str, folder: Path) -> Path:
     if kind == "feather lz4":
         feather.write_feather(table, folder / "s.feather", compression="lz4", chunksize=8)
         return folder / "s.feather"
+    if kind == "lance fragments":
+        lance = pytest.importorskip("lance")
+        lance.write_dataset(table, folder / "s.lance", max_rows_per_file=10)
+        return folder / "s.lance"
     if kind == "arrow stream":
         with pa.OSFile(str(folder / "s.arrow"), "wb") as sink, ipc.new_stream(sink, table.schema) as writer:
             for start in range(0, N, 11):
@@ -96,7 +100,7 @@ def _write(kind: str, folder: Path) -> Path:
 
 
 KINDS = ["npz float16", "npz compressed float64", "npy float32", "npy int16", "parquet list with a null row",
-         "parquet shards", "feather lz4", "arrow stream"]
+         "parquet shards", "feather lz4", "arrow stream", "lance fragments"]
 
 
 def _assert_partitions_read_the_store(path: Path, partition_rows: int) -> None:

@@ -13,6 +13,8 @@ Formats
 - Parquet (:mod:`.parquet`): one file or a folder of shards; Arrow IPC / Feather
   (:mod:`.arrow`: ``.arrow``, ``.feather``, ``.ipc``): the embedding column as a list or
   fixed-size list of numbers;
+- Lance (:mod:`.lance`): a ``.lance`` dataset folder, read by fragments with ``pylance``
+  (imported only when one is read);
 - memory (:mod:`.memory`): a NumPy / CuPy matrix, a dict of columns, a pandas / cuDF
   DataFrame or a pyarrow Table.
 
@@ -33,6 +35,7 @@ from .arrow import ARROW_SUFFIXES, ArrowReader
 from .base import PARTITION_BYTES, Partition, Reader
 from .columns import ALIASES, MATRIX_INPUTS, choose_columns, convert_columns
 from .huggingface import HuggingFaceReader
+from .lance import LanceReader
 from .lazy import PartitionedMatrix
 from .memory import load_memory
 from .npy import NpyReader
@@ -42,6 +45,7 @@ from .parquet import PARQUET_SUFFIXES, ParquetReader, RowGroups, parquet_shards
 #: every file format tamis reads, one reader class each; the first that matches a path reads it
 READERS: tuple[type[Reader], ...] = (
     HuggingFaceReader,      # before Parquet: both read folders, this one only those datasets wrote
+    LanceReader,            # before Parquet too: a .lance folder (pylance, imported when one is read)
     NpzReader,
     NpyReader,
     ParquetReader,

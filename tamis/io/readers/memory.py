@@ -1,7 +1,8 @@
-"""In-memory stores: a NumPy / CuPy matrix, a dict of columns, a pandas / cuDF DataFrame or a
-pyarrow Table. Device (CuPy) matrices stay on the device. A DataFrame column of mixed Python
-types (``[45, "N/A", 999]``), which Arrow cannot hold, is handed on as an object array: a
-metadata column becomes strings, an input column gets the usual error."""
+"""In-memory stores: a NumPy / CuPy matrix, a dict of columns, a pandas / cuDF DataFrame, a
+pyarrow Table, a Hugging Face ``Dataset`` or a ``lance.LanceDataset``. Device (CuPy) matrices
+stay on the device. A DataFrame column of mixed Python types (``[45, "N/A", 999]``), which
+Arrow cannot hold, is handed on as an object array: a metadata column becomes strings, an
+input column gets the usual error."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def memory_columns(data: Any) -> dict[str, Any]:
         return table_columns(data.to_arrow())
     if module == "datasets" and hasattr(data, "with_format"):   # a Hugging Face Dataset (its row order, selects applied)
         return table_columns(data.with_format("arrow")[:])
+    if module == "lance" and hasattr(data, "to_table"):   # a lance.LanceDataset: its version, in scan order
+        return table_columns(data.to_table(scan_in_order=True))
     if hasattr(data, "shape") and len(getattr(data, "shape")) == 2:
         return {"embeddings": data}
     if hasattr(data, "shape"):
