@@ -7,6 +7,11 @@ least ``min_second`` of the mass and more than its class prior, and the given la
 of the two. Such a row is a hard but plausible sample, not a mistake (a label error's given
 label is not among its likely classes), so nothing is excluded. Score: the margin between the
 two (lower = more ambiguous). Column ``ambiguous_between``: the two classes, ``a | b``.
+
+``evidence`` defaults to the neighbour votes alone (with ``pred_probs`` where given): the
+linear probe, which ranks label errors better, is over-confident on rows that lie between two
+classes (a row halfway between two Gaussians belongs to neither, yet its log-odds grow with
+the distance between them), so it would call them sure members of one class.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import pyarrow as pa
 
 from ..config import Interval, Options
 from .base import Check, CheckResult, plain
-from .shared.confident import class_probabilities
+from .shared.confident import EMBEDDING_EVIDENCE, class_probabilities
 from .views import Field, Samples
 
 
@@ -31,17 +36,19 @@ class Ambiguous(Check):
         "k": Interval(int, 1, None, none_ok=True),
         "max_margin": Interval(float, 0, 1),
         "min_second": Interval(float, 0, 0.5, closed="right"),
+        "evidence": Options(EMBEDDING_EVIDENCE),
     }
 
     def __init__(self, source: str = "auto", k: int | None = None, max_margin: float = 0.3,
-                 min_second: float = 0.25) -> None:
+                 min_second: float = 0.25, evidence: str = "neighbours") -> None:
         self.source = source
         self.k = k
+        self.evidence = evidence
         self.max_margin = max_margin
         self.min_second = min_second
 
     def _run(self, ctx) -> CheckResult:
-        P, used = class_probabilities(ctx, self.name, self.source, self.k)
+        P, used = class_probabilities(ctx, self.name, self.source, self.k, evidence=self.evidence)
         rows = ctx.valid_rows
         y = ctx.label_codes[rows]
         n_classes = P.shape[1]
