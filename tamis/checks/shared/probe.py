@@ -55,16 +55,21 @@ def probe_probabilities(X: Any, y: np.ndarray, n_classes: int, *, folds: int = 5
     sums = np.zeros((folds, n_classes, d))
     counts = np.zeros((folds, n_classes))
     for start in range(0, m, BLOCK_ROWS):
-        block = xp.asarray(X[start:start + BLOCK_ROWS], dtype=xp.float32)
-        f_block, y_block = fold[start:start + len(block)], y[start:start + len(block)]
-        for f in np.unique(f_block):
-            sel = np.flatnonzero(f_block == f)
-            rows = block[xp.asarray(sel)]
-            onehot = xp.zeros((len(sel), n_classes), dtype=xp.float32)
-            onehot[xp.arange(len(sel)), xp.asarray(y_block[sel])] = 1.0
-            scatter[f] += _host(rows.T @ rows)
-            sums[f] += _host(onehot.T @ rows)
-            counts[f] += np.bincount(y_block[sel], minlength=n_classes)
+        f_block, y_block = fold[start:start + BLOCK_ROWS], y[start:start + BLOCK_ROWS]
+        order = np.argsort(f_block, kind="stable")               # the block's rows, fold by fold
+        block = xp.asarray(X[start:start + len(f_block)], dtype=xp.float32)[xp.asarray(order)]
+        bounds = np.searchsorted(f_block[order], np.arange(folds + 1))
+        for f in range(folds):
+            lo, hi = int(bounds[f]), int(bounds[f + 1])
+            if hi == lo:
+                continue
+            rows = block[lo:hi]
+            labels = y_block[order[lo:hi]]
+            onehot_t = xp.zeros((n_classes, hi - lo), dtype=xp.float32)   # (C, rows): row-major for BLAS
+            onehot_t[xp.asarray(labels), xp.arange(hi - lo)] = 1.0
+            scatter[f] += _host(rows.T @ rows)              # A.T @ A of one buffer: a symmetric rank-k update
+            sums[f] += _host(onehot_t @ rows)
+            counts[f] += np.bincount(labels, minlength=n_classes)
     models = [_fit(scatter.sum(0) - scatter[f], sums.sum(0) - sums[f], counts.sum(0) - counts[f], shrinkage)
               for f in range(folds)]
     out = np.empty((m, n_classes), dtype=np.float32)
