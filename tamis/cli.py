@@ -38,9 +38,12 @@ examples:
   tamis scan store.parquet --device gpu --checks invalid,class_imbalance
   tamis scan store.npz --param class_imbalance.min_fraction=0.1
   tamis scan store.npz --engine faiss --param search.index=ivf   FAISS candidates, canonical answers
-  tamis scan store.npz --references trusted.npz   also find off-topic rows per class
+  tamis scan store.npz --references trusted.npz   off-topic rows per class too (junk clusters need none)
   tamis scan shards/ --workers 2 --no-projection   heavy steps on a local Dask cluster, out of core
   tamis scan shards/ --scheduler tcp://head:8786   ... on a running Dask cluster
+  tamis scan store.npz --out ref/ --save-index     also save the store's index into ref/
+  tamis scan new.npz --against ref/ --out new/     scan only a new batch, against the saved store
+  tamis index add ref/ new.npz                     append an accepted batch to ref/'s index
   tamis checks                                 list the checks and what they need
 """
 
@@ -65,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                       ".arrow/.feather")
     scan.add_argument("--out", default="tamis-report", metavar="DIR", help="report folder (default: %(default)s)")
     _run_options(scan)
+    batch = scan.add_argument_group("a new batch against a scanned store")
+    batch.add_argument("--save-index", action="store_true",
+                       help="also save the store's index (normalised rows, ids, labels, splits, buckets, fingerprint) "
+                            "into the report folder, for later scans --against it")
+    batch.add_argument("--against", metavar="REPORT_DIR",
+                       help="scan STORE as a new batch against the store scanned into REPORT_DIR with --save-index, "
+                            "without rescanning it")
     dask = scan.add_argument_group("cluster (Dask; pip install 'tamis[dask]'; the store: a path every worker can read)")
     where = dask.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
@@ -89,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(demo)
 
     sub.add_parser("checks", help="list the checks and the inputs each needs")
+
+    index = sub.add_parser("index", help="work on the index a scan saved with --save-index")
+    actions = index.add_subparsers(dest="index_command", metavar="ACTION", parser_class=_Parser)
+    add = actions.add_parser("add", help="append an accepted batch's rows to the index of REPORT_DIR")
+    add.add_argument("report", metavar="REPORT_DIR", help="a report folder written with --save-index")
+    add.add_argument("store", metavar="NEW", help="the batch: any store format tamis reads, with ids")
+    add.add_argument("--device", choices=DEVICES, default=DEFAULTS.device,
+                     help="where to normalise and bucket the rows (default: %(default)s)")
+    add_cols = add.add_argument_group("columns (default: detected from the usual names)")
+    for name in ("embedding", "label", "path", "split", "id"):
+        add_cols.add_argument(f"--{name}-col", metavar="NAME", help=f"the batch's {name} column")
+    add.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    add.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    add.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
     return parser
 
 
@@ -119,7 +143,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=None, metavar="K",
                    help=f"neighbours per row in the shared neighbour graph (default: {DEFAULT_K})")
     p.add_argument("--references", metavar="STORE",
-                   help="trusted examples per class (embeddings + labels) for the off_topic check")
+                   help="trusted examples per class (embeddings + labels): off_topic also flags rows unlike "
+                        "their class's references (it finds junk clusters without them)")
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
                    help="storage of the normalised matrix (float16 halves memory)")
     p.add_argument("--projection", choices=PROJECTIONS, default=CLI_PROJECTION,
@@ -196,6 +221,8 @@ def _terminated(signum, frame) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "index":
+        return _index(args)
     if args.command == "checks":
         from .checks import REGISTRY
 
@@ -229,13 +256,28 @@ def _dispatch(args: argparse.Namespace) -> int:
                   projection_dims=args.projection_dims, plots=args.plots, image_root=args.image_root,
                   columns=columns, progress=not args.quiet and sys.stderr.isatty(), out=args.out,
                   fail_on=args.fail_on, near_duplicate_fraction=args.near_duplicate_fraction,
-                  exclude_by=args.exclude_by, metadata_cols=getattr(args, "metadata_cols", None))
+                  exclude_by=args.exclude_by, metadata_cols=getattr(args, "metadata_cols", None),
+                  save_index=getattr(args, "save_index", False), against=getattr(args, "against", None))
     if not args.quiet:
         _print_summary(report, Path(args.out))
     failures = report.gate_failures()
     for line in failures:
         print(f"tamis: fail-on: {line}", file=sys.stderr)
     return 3 if failures else 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    if args.index_command != "add":
+        raise ConfigError("tamis index needs an action: tamis index add REPORT_DIR NEW (see tamis index --help)")
+    from .pipeline import add_to_index
+
+    columns = {name: getattr(args, f"{name}_col") for name in ("embedding", "label", "path", "split", "id")}
+    done = add_to_index(args.report, args.store, columns=columns, device=args.device)
+    if not args.quiet:
+        left_out = f" ({done['rows_left_out']:,} rows with unusable embeddings left out)" if done["rows_left_out"] else ""
+        print(f"added {done['rows_added']:,} rows to the index of {done['folder']}{left_out}: {done['rows']:,} rows, "
+              f"fingerprint {done['fingerprint']}")
+    return 0
 
 
 def _print_summary(report, out: Path) -> None:
