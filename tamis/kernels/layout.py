@@ -32,14 +32,13 @@ any block size, thread count or atomic scheduling.
 
 from __future__ import annotations
 
-import functools
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .._optional import optional_import
 from ..errors import ConfigError
+from . import cuda_function
 
 __all__ = ["layout_epoch", "layout_epoch_reference", "negative_rows", "fired_edges", "CUDA_SOURCE",
            "FIXED_STEP", "CLIP"]
@@ -255,16 +254,6 @@ def layout_epoch(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: int, alpha: 
                               negative_rate=negative_rate, seed=seed, edge_offset=edge_offset, xp=xp)
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_module(device_id: int) -> Any:
-    cupy = optional_import("cupy")
-    with cupy.cuda.Device(device_id):
-        module = cupy.RawModule(code=CUDA_SOURCE, options=("-std=c++11",),
-                                name_expressions=tuple(_KERNEL_NAMES.values()))
-        module.compile()
-    return module
-
-
 def _layout_epoch_cuda(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: int, alpha: float, a: float,
                        b: float, gamma: float, negative_rate: int, seed: int, edge_offset: int,
                        xp: ModuleType) -> Any:
@@ -277,7 +266,7 @@ def _layout_epoch_cuda(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: int, a
     acc = xp.zeros((dims, m), dtype=xp.uint64)
     n_edges = int(head.shape[0])
     if n_edges:
-        kernel = _cuda_module(xp.cuda.Device().id).get_function(_KERNEL_NAMES[dims])
+        kernel = cuda_function(CUDA_SOURCE, tuple(_KERNEL_NAMES.values()), _KERNEL_NAMES[dims], xp.cuda.Device().id)
         grid = (min(65535 * 8, -(-n_edges // _THREADS)),)
         kernel(grid, (_THREADS,),
                (Y, np.int64(m), head, tail, rate, np.int64(n_edges), np.int64(edge_offset), np.int32(epoch),

@@ -20,14 +20,13 @@ float32 before the comparison with ``float32(cutoff)``, in both implementations.
 
 from __future__ import annotations
 
-import functools
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .._optional import optional_import
 from ..errors import ConfigError
+from . import cuda_function
 
 __all__ = ["compact_pairs", "compact_pairs_reference", "CUDA_SOURCE"]
 
@@ -146,17 +145,6 @@ def _check_tile(S: Any) -> Any:
     return S
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_module(device_id: int) -> Any:
-    """The compiled RawModule for one device (compiled on first use, then cached)."""
-    cupy = optional_import("cupy")
-    with cupy.cuda.Device(device_id):
-        module = cupy.RawModule(code=CUDA_SOURCE, options=("-std=c++11",),
-                                name_expressions=tuple(_KERNEL_NAMES.values()))
-        module.compile()
-    return module
-
-
 def _compact_pairs_cuda(S: Any, row0: int, col0: int, cutoff: float, upper: bool,
                         xp: ModuleType) -> tuple[Any, Any, Any]:
     S = _check_tile(S)
@@ -167,7 +155,8 @@ def _compact_pairs_cuda(S: Any, row0: int, col0: int, cutoff: float, upper: bool
         return (xp.empty(0, dtype=xp.int64), xp.empty(0, dtype=xp.int64),
                 xp.empty(0, dtype=xp.float32))
     ld = S.strides[0] // S.itemsize
-    kernel = _cuda_module(xp.cuda.Device().id).get_function(_KERNEL_NAMES[str(S.dtype)])
+    kernel = cuda_function(CUDA_SOURCE, tuple(_KERNEL_NAMES.values()), _KERNEL_NAMES[str(S.dtype)],
+                           xp.cuda.Device().id)
     grid = (min(_MAX_GRID_X, -(-n_cols // _THREADS)), min(_MAX_GRID_Y, n_rows))
     capacity = max(_MIN_CAPACITY, (n_rows * n_cols) >> 10)
     while True:

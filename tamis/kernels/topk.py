@@ -23,13 +23,13 @@ Both take and return the same things, and return identical lists for the same in
 
 from __future__ import annotations
 
-import functools
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from . import cuda_function
 
 __all__ = ["merge_topk", "merge_topk_reference", "empty_topk", "CUDA_SOURCE", "KERNEL_MAX_K"]
 
@@ -329,18 +329,10 @@ def _check_lists(S: Any, best_sim: Any, best_idx: Any, k: int) -> None:
                           f"{best_sim.dtype} and {best_idx.dtype}")
 
 
-@functools.lru_cache(maxsize=None)
 def _cuda_kernel(device_id: int, k: int) -> Any:
     """The compiled kernel for one device and one k (compiled on first use, then cached)."""
-    from .._optional import optional_import
-
-    cupy = optional_import("cupy")
     name = f"tamis_merge_topk<{k}>"
-    with cupy.cuda.Device(device_id):
-        module = cupy.RawModule(code=CUDA_SOURCE, options=("-std=c++11",),
-                                name_expressions=(name,))
-        module.compile()
-        return module.get_function(name)
+    return cuda_function(CUDA_SOURCE, (name,), name, device_id)
 
 
 def _merge_topk_cuda(S: Any, col0: int, row0: int | None, best_sim: Any, best_idx: Any,
