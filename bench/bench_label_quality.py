@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tamis  # noqa: E402
+from bench.store import atomic_write_json  # noqa: E402
 
 
 def load(store: Path) -> dict:
@@ -157,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "store": str(args.store),
                 "command": "python bench/bench_label_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, {"meta": meta, "rows": rows})
     return 0
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.store import atomic_write_json  # noqa: E402
 from tamis.engine.projection import project_with_info  # noqa: E402
 from tamis.engine.search import knn_graph  # noqa: E402
 
@@ -153,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpus": os.cpu_count(), "store": str(args.store), "graph_seconds": round(graph_s, 2),
                 "command": "python bench/bench_map.py " + " ".join(argv if argv is not None else sys.argv[1:])}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, {"meta": meta, "rows": rows})
     return 0
 
 

@@ -417,6 +417,21 @@ def _plant_pairs(cfg, pairs, leak, emb, labels, true_class, split, targets, prng
     return cos
 
 
+def _arrays(n: int, emb: np.ndarray, labels: np.ndarray, split: np.ndarray, probs: np.ndarray | None) -> dict:
+    """The store's arrays, keyed by npz name (paths and ids made from the row number)."""
+    width = max(6, len(str(n - 1)))
+    arrays = {
+        "embeddings": emb,
+        "labels": labels.astype(np.int64),
+        "image_paths": np.array([f"img/{i:0{width}d}.jpg" for i in range(n)]),
+        "split": np.asarray(SPLITS)[split],
+        "ids": np.arange(n, dtype=np.int64),
+    }
+    if probs is not None:
+        arrays["pred_probs"] = probs
+    return arrays
+
+
 def generate(cfg: GenerateConfig) -> Synthetic:
     """Generate the arrays of a store and its truth for ``cfg`` (see the module docstring);
     a :class:`RealisticConfig` gives the realistic mode."""
@@ -448,17 +463,7 @@ def generate(cfg: GenerateConfig) -> Synthetic:
     probs = _pred_probs(cfg, emb, centroids) if cfg.pred_probs else None
     truth = _truth(cfg, counts, pairs, (leak_src, leak_dst), cos, flips, outliers, invalid,
                    labels, true_class, split, rare)
-    width = max(6, len(str(cfg.n - 1)))
-    arrays = {
-        "embeddings": emb,
-        "labels": labels.astype(np.int64),
-        "image_paths": np.array([f"img/{i:0{width}d}.jpg" for i in range(cfg.n)]),
-        "split": np.asarray(SPLITS)[split],
-        "ids": np.arange(cfg.n, dtype=np.int64),
-    }
-    if probs is not None:
-        arrays["pred_probs"] = probs
-    return Synthetic(arrays=arrays, truth=truth)
+    return Synthetic(arrays=_arrays(cfg.n, emb, labels, split, probs), truth=truth)
 
 
 def _truth(cfg, counts, pairs, leak, cos, flips, outliers, invalid, labels, true_class, split,
@@ -910,17 +915,7 @@ def _generate_realistic(cfg: RealisticConfig) -> Synthetic:
         meta["realistic"]["pred_sibling_error_share"] = round(
             float(sib_wrong.mean()) if wrong.any() else 0.0, 4)
     truth["meta"] = meta
-    width = max(6, len(str(cfg.n - 1)))
-    arrays = {
-        "embeddings": emb,
-        "labels": labels.astype(np.int64),
-        "image_paths": np.array([f"img/{i:0{width}d}.jpg" for i in range(cfg.n)]),
-        "split": np.asarray(SPLITS)[split],
-        "ids": np.arange(cfg.n, dtype=np.int64),
-    }
-    if probs is not None:
-        arrays["pred_probs"] = probs
-    return Synthetic(arrays=arrays, truth=truth)
+    return Synthetic(arrays=_arrays(cfg.n, emb, labels, split, probs), truth=truth)
 
 
 def write(synthetic: Synthetic, out_dir: str | Path, fmt: str = "npz") -> Path:
