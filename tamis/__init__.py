@@ -22,12 +22,12 @@ from .errors import (
 )
 from .io.readers import load_store
 from .io.store import Store
-from .pipeline import scan
+from .pipeline import add_to_index, scan
 from .report.folder import read_report, write_report
 from .report.model import Report
 
 __all__ = [
-    "__version__", "scan", "load_store", "Report", "write_report", "read_report", "Store", "ColumnSpec", "ScanConfig", "CHECKS",
+    "__version__", "scan", "add_to_index", "load_store", "Report", "write_report", "read_report", "Store", "ColumnSpec", "ScanConfig", "CHECKS",
     "Backend", "resolve_backend", "gpu_available",
     "TamisError", "InputError", "ConfigError", "DeviceError", "OutputError", "PairLimitError",
 ]

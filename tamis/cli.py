@@ -274,7 +274,8 @@ def _index(args: argparse.Namespace) -> int:
     columns = {name: getattr(args, f"{name}_col") for name in ("embedding", "label", "path", "split", "id")}
     done = add_to_index(args.report, args.store, columns=columns, device=args.device)
     if not args.quiet:
-        left_out = f" ({done['rows_left_out']:,} rows with unusable embeddings left out)" if done["rows_left_out"] else ""
+        left_out = f" ({done['rows_left_out']:,} rows with unusable embeddings left out)" \
+            if done["rows_left_out"] else ""
         print(f"added {done['rows_added']:,} rows to the index of {done['folder']}{left_out}: {done['rows']:,} rows, "
               f"fingerprint {done['fingerprint']}")
     return 0
@@ -298,6 +299,16 @@ def _print_summary(report, out: Path) -> None:
     console.print(table)
     for skipped in s["checks_skipped"]:
         console.print(f"skipped {skipped['check']}: {skipped['reason']}", markup=False, highlight=False)
+    reference = s.get("reference")
+    if reference is not None:
+        matches = reference["matches"] or {"n_pairs": 0, "n_rows": 0, "threshold": None}
+        at = f" at {matches['threshold']:g}" if matches["threshold"] is not None else ""
+        console.print(f"against: {reference['folder']} ({reference['rows']:,} rows, "
+                      f"{reference['fingerprint'][:19]}...): {matches['n_rows']:,} batch rows match its rows "
+                      f"({matches['n_pairs']:,} pairs{at}, reference_matches.parquet)", markup=False, highlight=False)
+    if "index" in s:
+        console.print(f"index: saved ({s['index']['rows']:,} rows, {s['index']['fingerprint'][:19]}...) in "
+                      f"{out / 'index'}, for scans --against {out}", markup=False, highlight=False)
     device = s["device"]
     console.print(f"excluded: {s['n_excluded']:,} rows (exclude.txt)   device: {device['backend']} "
                   f"({device['name']})   time: {s['timings']['total']:.2f} s")

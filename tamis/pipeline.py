@@ -10,15 +10,19 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
+import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._version import __version__
 from .checks import REGISTRY, CheckResult, make_checks
+from .checks.shared.reference import matches_table
 from .config import (
     DEFAULTS,
     NEAR_DUPLICATE_SWEEP,
@@ -28,15 +32,17 @@ from .config import (
     summarise,
 )
 from .engine.artifacts import choose_threshold, largest_graph
-from .engine.backend import Backend, resolve_backend
+from .engine.backend import Backend, resolve_backend, to_host
 from .engine.context import RunContext
 from .engine.progress import Progress
 from .engine.projection import column_prefix
-from .errors import ConfigError
+from .engine.reference import Reference, assign, index_data
+from .errors import ConfigError, InputError
 from .io.images import check_image_root
+from .io.index_file import OpenIndex, append_segment, describe
 from .io.readers import load_store
 from .io.store import Store
-from .report.folder import check_destination, destination, replace_report
+from .report.folder import check_destination, destination, open_reference, replace_report
 from .report.model import Report
 
 log = logging.getLogger("tamis")
@@ -53,7 +59,8 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
          metadata_cols: list[str] | str | None = DEFAULTS.metadata_cols, progress: bool = False,
          out: str | None = None, plots: bool = False, image_root: str | None = None,
          client: Any = None, workers: int | None = None, scheduler: str | None = None,
-         partition_rows: int | None = None) -> Report:
+         partition_rows: int | None = None, save_index: bool = False,
+         against: str | os.PathLike | None = None) -> Report:
     """Scan an embedding store and return a :class:`~tamis.report.model.Report`.
 
     Parameters
@@ -111,6 +118,16 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
         to the workers. See :mod:`tamis.engine.executors.dask`.
     partition_rows : with a cluster, rows per partition (Parquet: whole row groups; default
         ~64 MiB of float32 embeddings).
+    save_index : with ``out``, also write the store's index into the report folder (``index/``:
+        the normalised valid rows at ``precision``, their ids, labels, splits and paths, a quantiser
+        for large stores, the fingerprint; :mod:`tamis.io.index_file`), for later scans ``against`` it.
+    against : a report folder written with ``save_index``: scan ``source`` as a new batch against
+        that store without rescanning it (:mod:`tamis.engine.reference`): the duplicate checks also
+        pair batch rows with reference rows (``reference_matches`` table; the batch's copies are
+        flagged and excluded), and the neighbour-based checks judge each batch row by its
+        neighbours among the reference's rows and the batch's. The batch is normalised at the
+        index's precision. A folder with no index, an index of another report, a changed index
+        file or another dimension is an :class:`~tamis.errors.InputError`, never a rescan.
     """
     started = time.perf_counter()
     if isinstance(checks, str):
@@ -137,9 +154,10 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
         check_image_root(image_root)
     if out is not None:   # an unwritable --out fails now, not after the scan
         check_destination(out, source, plots=plots, image_root=image_root)
+    reference = _reference(config, against, save_index, out, client, workers, scheduler)
     with destination(out) if out is not None else contextlib.nullcontext() as folder:
         report = _scan(source, config, selected, device, progress, client, workers, scheduler, partition_rows,
-                       started)
+                       started, reference, save_index)
         if gate:
             report.summary["gate"] = _gate(report, gate)
         if folder is not None:
@@ -147,6 +165,101 @@ def scan(source: Any, *, checks: list[str] | str | None = DEFAULTS.checks, param
             replace_report(report, folder, plots=plots, image_root=image_root)
             report.summary["timings"]["write"] = time.perf_counter() - t0
     return report
+
+
+def _reference(config: ScanConfig, against: Any, save_index: bool, out: Any, client: Any, workers: Any,
+               scheduler: Any) -> OpenIndex | None:
+    """Check the index options before any work, and open the ``against`` index (checked against its
+    fingerprint); the batch then takes the index's precision."""
+    distributed = client is not None or workers is not None or scheduler is not None
+    if save_index and out is None:
+        raise ConfigError("save_index=True needs an out folder: the index is written into the report folder "
+                          "(--out DIR)")
+    if distributed and (save_index or against is not None):
+        raise ConfigError("--save-index and --against run in one process; scan without a cluster (--workers, "
+                          "--scheduler)")
+    if against is None:
+        return None
+    if config.engine == "faiss":
+        raise ConfigError("--against searches the saved buckets or exactly, not with FAISS: use --engine auto, "
+                          "exact or ivf")
+    if out is not None and Path(out).resolve() == Path(against).resolve():
+        raise ConfigError(f"--out {out} is the --against folder: the batch's report would replace the reference's "
+                          "report and index; write it elsewhere")
+    index = open_reference(against)
+    if config.precision == "float16" and index.dtype == "float32":
+        raise ConfigError(f"{against}: the index stores float32 rows and --precision float16 asks for float16: a "
+                          "batch is compared at the index's precision; drop --precision")
+    if config.precision != index.dtype:
+        log.info("against %s: the batch is normalised at the index's precision, %s", against, index.dtype)
+    config.precision = index.dtype
+    return index
+
+
+def add_to_index(report_dir: str | os.PathLike, source: Any, *, columns: ColumnSpec | dict | None = None,
+                 device: str | Backend = DEFAULTS.device) -> dict:
+    """Append the valid rows of the store ``source`` (an accepted batch) to the index of the report
+    folder ``report_dir`` (written with ``save_index``): ``tamis index add REPORT_DIR NEW``.
+
+    The index is checked first (as for ``against``); the batch must have the index's dimension,
+    ids (the index's rows are named by id) none of which the index holds yet, and the index's
+    label, split and path columns. Its rows are normalised at the index's precision, put in the
+    nearest bucket where the index has a quantiser, and written as a new segment; the new
+    manifest (and fingerprint) replaces the old one last, under the folder's lock, so a reader
+    sees the old index or the new one. Rows with unusable embeddings are left out. Returns what
+    was done: ``rows_added``, ``rows_left_out``, ``rows`` (now), ``fingerprint`` (now).
+    """
+    folder = Path(report_dir)
+    open_reference(folder)   # a clear error for a folder with no index, before the lock file is made
+    with destination(folder):
+        index = open_reference(folder, locked=True)
+        store = load_store(source, ColumnSpec.of(columns), metadata=())
+        if store.embeddings is None or store.dim != index.dim:
+            seen = "no embeddings" if store.embeddings is None else f"{store.dim}-dimensional embeddings"
+            raise InputError(f"{store.source}: the batch has {seen}, the index of {folder} holds "
+                             f"{index.dim}-dimensional rows; add a batch embedded by the reference's model (or name "
+                             "--embedding-col)")
+        backend = device if isinstance(device, Backend) else resolve_backend(device)
+        ctx = RunContext(store, backend, ScanConfig(precision=index.dtype))
+        rows = ctx.valid_rows
+        if not len(rows):
+            raise InputError(f"{store.source}: no row has a usable embedding (NaN, inf or all zeros); nothing to add")
+        table = _index_rows(store, rows, index, folder)
+        bucket = cos = None
+        if index.centroids is not None:
+            bucket, cos = assign(ctx.embeddings, index.centroids, ctx.xp)
+        manifest = append_segment(index, to_host(ctx.embeddings), table, bucket, cos, str(store.source))
+    return {"folder": str(folder), "rows_added": int(len(rows)), "rows_left_out": int(store.n - len(rows)),
+            "rows": int(manifest["n_rows"]), "fingerprint": manifest["fingerprint"]}
+
+
+def _index_rows(store: Store, rows: np.ndarray, index: OpenIndex, folder: Path) -> pa.Table:
+    """The rows table of a batch's new segment, in the index's columns and types; an InputError for a
+    missing column or an id the index (or the batch) already holds."""
+    take = pa.array(rows)
+    if store.ids is None:
+        raise InputError(f"{store.source}: the batch has no id column; the index names its rows by id, so a batch "
+                         "needs ids no row of the index has (name the column with --id-col)")
+    columns = {"row": take}
+    schema = index.rows[0].schema
+    for name, value in (("id", store.ids), ("label", store.labels), ("split", store.split), ("path", store.paths)):
+        if name not in schema.names:
+            continue
+        if value is None:
+            raise InputError(f"{store.source}: the index of {folder} holds {name}s and the batch has none; name the "
+                             f"batch's column (--{name}-col)")
+        try:
+            columns[name] = pc.cast(value.take(take), schema.field(name).type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(f"{store.source}: the batch's {name}s ({value.type}) cannot be the index's "
+                             f"({schema.field(name).type}): {exc}") from exc
+    known = index.column("id")
+    repeated = pc.is_in(columns["id"], value_set=pc.unique(known)).fill_null(False)
+    if pc.any(repeated).as_py():
+        first = columns["id"].filter(repeated)
+        raise InputError(f"{store.source}: {len(first):,} of the batch's ids are in the index of {folder} already "
+                         f"(e.g. {first[0].as_py()!r}); a row is added once: drop those rows or give new ids")
+    return pa.table(columns)
 
 
 def _gate(report: Report, gate: list) -> list[dict]:
@@ -164,7 +277,8 @@ def _gate(report: Report, gate: list) -> list[dict]:
 
 
 def _scan(source: Any, config: ScanConfig, selected: list, device: Any, progress: bool, client: Any, workers: Any,
-          scheduler: Any, partition_rows: Any, started: float) -> Report:
+          scheduler: Any, partition_rows: Any, started: float, reference: OpenIndex | None = None,
+          save_index: bool = False) -> Report:
     """Load the store (here or as partitions on a Dask cluster) and run the scan."""
     distributed = client is not None or workers is not None or scheduler is not None
     if distributed and config.search_params:
@@ -185,24 +299,47 @@ def _scan(source: Any, config: ScanConfig, selected: list, device: Any, progress
         session, backend = None, resolve_backend(device)
         store = load_store(source, config.columns, metadata)
     timings["load"] = time.perf_counter() - t0
+    if (reference is not None or save_index) and store.embeddings is None:
+        raise InputError(f"{store.source}: the store has no embeddings, and --against / --save-index work on them; "
+                         "name the column with --embedding-col")
+    if reference is not None and store.dim != reference.dim:
+        raise InputError(f"{store.source}: the batch's embeddings have {store.dim} dimensions and the index of "
+                         f"{reference.folder.parent} holds {reference.dim}; embed the batch with the reference's "
+                         "model (or name the right column with --embedding-col)")
     try:
-        return _run(store, backend, config, selected, session, progress, timings, started)
+        return _run(store, backend, config, selected, session, progress, timings, started,
+                    None if reference is None else Reference(reference, backend.xp), save_index)
     finally:
         if session is not None:
             session.close()
 
 
 def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, session: Any, progress: bool,
-         timings: dict[str, float], started: float) -> Report:
+         timings: dict[str, float], started: float, reference: Reference | None = None,
+         save_index: bool = False) -> Report:
     """Run the checks that apply to ``store`` and assemble the report (nothing is written)."""
     if config.exclude_by == "group" and store.groups is None:
         raise ConfigError("exclude_by='group' needs a group column (the image each row comes from): name it with "
                           "--group-col, or exclude by row")
     runnable, skipped = [], []
+    available, lacking = store.available, set()
+    if reference is not None:   # against a reference, an input its index lacks cannot be compared
+        lacking = {name for name, column in (("labels", "label"), ("split", "split"))
+                   if name in available and reference.column(column) is None}
+        available = available - lacking
     for check in selected:
-        reason = check.skip_reason(store.available)
+        reason = check.skip_reason(available)
         if reason is None:
             runnable.append(check)
+            continue
+        theirs = sorted(lacking & set(check.missing_inputs(available)))
+        if theirs:
+            reason = (f"needs {', '.join(theirs)}, which the reference index ({reference.index.folder.parent}) does "
+                      "not have")
+            if config.checks is not None:
+                raise ConfigError(f"check {check.name!r} {reason}; rescan the reference with that column and "
+                                  "--save-index, or leave the check out")
+            skipped.append({"check": check.name, "reason": reason})
             continue
         if config.checks is not None:
             missing = check.missing_inputs(store.available)
@@ -213,7 +350,8 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
 
     results: dict[str, CheckResult] = {}
     with Progress(enabled=progress) as bars:
-        ctx = RunContext(store, backend, config, executor=session and session.executor, progress=bars)
+        ctx = RunContext(store, backend, config, executor=session and session.executor, progress=bars,
+                         reference=reference)
         if store.embeddings is not None:
             with ctx.timed("normalise"):
                 ctx.valid  # noqa: B018 - build the normalised matrix once, timed on its own
@@ -244,15 +382,22 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
                 results[check.name] = check.run(ctx)
         projection = _project(ctx, config) if config.projection != "none" and store.embeddings is not None \
             and ctx.valid.sum() >= 2 else None
+        index = None
+        if save_index:
+            with ctx.timed("index"):
+                index = index_data(ctx)
     timings.update(ctx.timings)
 
     timings["total"] = time.perf_counter() - started  # the scan itself; writing is timed apart
     report = _assemble(store, ctx, config, backend, runnable, skipped, results, timings)
     if choice is not None:
         report.summary["threshold_choice"] = choice
-    graph = largest_graph(ctx)
+    graph = largest_graph(ctx) if reference is None else None   # against a reference it reaches into it
     if graph is not None:
         report.knn = (ctx.valid_rows, ctx.valid_rows[graph[0]], graph[1])
+    report.index = index
+    if reference is not None:
+        _describe_reference(report, ctx, reference)
     if projection is not None:
         coords, info = projection
         report.summary["projection"] = info
@@ -265,11 +410,29 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
     return report
 
 
+def _describe_reference(report: Report, ctx: RunContext, reference: Reference) -> None:
+    """The ``reference_matches`` table and ``summary.json -> reference`` of a scan against a reference."""
+    table = matches_table(ctx)
+    if table is not None:
+        if "reference_matches" in report.tables:
+            raise RuntimeError("a check reports table 'reference_matches', the name of the scan's own table")
+        report.tables["reference_matches"] = table
+    built = ctx.built("reference_pairs")
+    verified = list(reference.index.verified.values())
+    report.summary["reference"] = {
+        "folder": str(reference.index.folder.parent), "report_id": reference.index.manifest["report_id"],
+        **describe(reference.index.manifest),
+        "files_checked": {"unchanged_since_written": verified.count("stat"), "hashed": verified.count("sha256")},
+        "matches": None if not built else {"threshold": float(min(built)), "n_pairs": table.num_rows,
+                                           "n_rows": len(set(table["row"].to_pylist()))},
+    }
+
+
 def _project(ctx: RunContext, config: ScanConfig) -> tuple[np.ndarray, dict]:
     """Map coordinates of the valid rows, from the run's neighbour graph where one was built."""
     from .engine.projection import project_or_fallback, project_with_info  # lazy: the map is optional
 
-    graph = largest_graph(ctx)
+    graph = largest_graph(ctx) if ctx.reference is None else None   # against a reference it names its rows
     knn = None if graph is None else (graph[0], np.clip(1.0 - graph[1], 0.0, None))
     method = "umap" if config.projection == "auto" else config.projection
     with ctx.timed("projection"), ctx.progress.task(f"map ({method})", total=None) as advance:
@@ -305,6 +468,8 @@ def _assemble(store: Store, ctx: RunContext, config: ScanConfig, backend: Backen
         "label": store.labels if store.labels is not None else pa.nulls(n, pa.string()),
         "split": store.split if store.split is not None else pa.nulls(n, pa.string()),
     }
+    if store.groups is not None:   # the image each row (an object crop) comes from: the page shows its siblings
+        columns["group"] = store.groups
     tables: dict[str, pa.Table] = {}
     ex_rows_parts, ex_check_parts, ex_score_parts = [], [], []
     for position, check in enumerate(runnable):
@@ -391,4 +556,4 @@ def _versions(backend: Backend) -> dict[str, str]:
     return versions
 
 
-__all__ = ["scan", "ScanConfig", "REGISTRY"]
+__all__ = ["scan", "add_to_index", "ScanConfig", "REGISTRY"]

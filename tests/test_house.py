@@ -123,6 +123,8 @@ def test_the_views_never_name_a_check():
     for cls in REGISTRY.values():
         for view in (cls.gallery, *cls.panels):
             names.update(v for k, v in view.as_dict().items() if k in ("table", "facts") and v)
+            slider = view.as_dict().get("slider")
+            names.update([slider["table"]] if slider else [])     # the pairs a gallery's slider regroups
     names -= {"samples", "groups", "pairs", "crosstab", "histogram", "table"}   # the views' own kinds
     for cls in REGISTRY.values():   # the columns the views name
         for view in (cls.gallery, *cls.panels):

@@ -461,3 +461,350 @@ def test_3d_map_draws_nearer_points_over_farther_ones(browser, scanned_3d, tmp_p
         assert p.errors == []
     finally:
         p.context.close()
+
+
+# ---------------------------------------------------------------------- the near-duplicate threshold slider
+def _planted_sweep_store():
+    """67 rows: 50 random directions, partners planted at cosines across 0.905 ... 0.999 (chains
+    that merge below the scan's 0.95), an exact copy; ids out of row order (so a group's first id
+    is not its smallest row)."""
+    rng = np.random.default_rng(5)
+    d, n0 = 48, 50
+    base = rng.normal(size=(n0, d))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+
+    def partner(u, cos):
+        w = rng.normal(size=d)
+        w -= (w @ u) * u
+        w /= np.linalg.norm(w)
+        return cos * u + np.sqrt(1 - cos * cos) * w
+
+    rows = list(base)
+    for i, c in enumerate([0.999, 0.985, 0.962, 0.955, 0.945, 0.935, 0.925, 0.912, 0.905, 0.99, 0.975, 0.94]):
+        rows.append(partner(base[i], c))
+    for r, c in [(n0 + 0, 0.93), (n0 + 2, 0.96), (n0 + 4, 0.915), (n0 + 9, 0.98)]:
+        rows.append(partner(rows[r], c))
+    rows.append(rows[20].copy())
+    emb = np.array(rows, dtype=np.float32)
+    n = len(emb)
+    ids = np.array([f"id-{v:04d}" for v in rng.permutation(n) * 7 % 1000], dtype=object)
+    labels = np.array([f"c{v % 3}" for v in range(n)], dtype=object)
+    return {"embeddings": emb, "ids": ids, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    cols = _planted_sweep_store()
+    n = len(cols["ids"])
+    report = tamis.scan(cols, device="cpu")
+    coords = np.column_stack([np.arange(n) % 10, np.arange(n) // 10]).astype(np.float64)   # no two points meet
+    html = write_html_report(report, tmp_path_factory.mktemp("swept"), coords=coords)
+    return {"cols": cols, "report": report, "html": html, "n": n}
+
+
+NEAR = "#galleries .pane[data-issue='near_duplicate']"
+
+
+def _page_data(html: Path) -> dict:
+    text = html.read_text(encoding="utf-8")
+    return json.loads(re.search(r'id="tamis-data">(.*?)</script>', text, re.DOTALL).group(1))
+
+
+def _b64(text: str, dtype: str) -> np.ndarray:
+    import base64
+
+    return np.frombuffer(base64.b64decode(text), dtype=dtype)
+
+
+def _groups_of_table(table) -> dict[str, list]:
+    """group id -> [member rows ascending, the kept row] from a groups table."""
+    out: dict[str, list] = {}
+    for g in table.to_pylist():
+        rows, kept = out.get(str(g["group_id"]), ([], -1))
+        out[str(g["group_id"])] = [sorted([*rows, g["row"]]), g["row"] if g["keep"] else kept]
+    return out
+
+
+def _page_groups(page) -> dict[str, list]:
+    """group id -> [member rows ascending, the kept row] as the gallery shows them (every page of it)."""
+    more = page.page.locator(f"{NEAR} > div > button.more")
+    while more.count() and more.first.is_visible():
+        more.first.click()
+    return page.js(f"""Object.fromEntries(Array.from(document.querySelectorAll("{NEAR} .group")).map((g) => {{
+        const cards = Array.from(g.querySelectorAll(".card"));
+        const kept = cards.filter((c) => c.querySelector(".kept")).map((c) => +c.dataset.row);
+        return [g.dataset.group, [cards.map((c) => +c.dataset.row).sort((a, b) => a - b),
+                                  kept.length === 1 ? kept[0] : -1]];
+    }}))""")
+
+
+def _shown_counts(page) -> dict:
+    """The near-duplicate count where the page shows it: the issues card, the gallery's tab, the map's toggle."""
+    text = lambda selector: page.page.locator(selector).inner_text()   # noqa: E731
+    return {"card": text("#issue-counts tr[data-issue='near_duplicate'] td.num"),
+            "tab": text("#galleries .tabs button[data-issue='near_duplicate'] .count"),
+            "map": text("#projection .scatter-tools label:has(input[data-issue='near_duplicate']) .count")}
+
+
+def _counts(count: int) -> dict:
+    return {"card": str(count), "tab": f" ({count})", "map": f" ({count})"}
+
+
+def _rescan(swept, threshold):
+    """The check itself at another threshold: the truth the slider must reproduce."""
+    return tamis.scan(swept["cols"], device="cpu", threshold=threshold, checks=["near_duplicate"])
+
+
+def _rows(report) -> list[int]:
+    return np.flatnonzero(report.flags("near_duplicate")).tolist()
+
+
+def test_slider_carries_the_sweeps_pairs(swept):
+    report = swept["report"]
+    sweep = report.tables["sweep_pairs"]
+    summary = report.summary["checks"]["near_duplicate"]
+    assert summary["pairs_from"] == 0.90 and summary["threshold"] == 0.95
+    assert sweep.num_rows == summary["sweep"][0]["n_pairs"] > summary["n_pairs"] == report.tables["pairs"].num_rows
+    slider = _page_data(swept["html"])["galleries"]["near_duplicate"]["slider"]
+    assert slider["floor"] == 0.90 and slider["threshold"] == 0.95 and slider["keep_policy"] == "first"
+    values, a = _b64(slider["values"], "<f4"), _b64(slider["row_a"], "<i4")
+    assert len(values) == sweep.num_rows and np.all(np.diff(values) <= 0)       # largest first
+    assert sorted(zip(a.tolist(), values.tolist())) == \
+        sorted(zip(sweep["row_a"].to_pylist(), sweep["similarity"].to_pylist()))  # float32 as the check compared
+    rank = _b64(slider["id_rank"], "<i4")                                         # ids are out of row order
+    assert np.argsort(rank).tolist() == np.argsort(swept["cols"]["ids"], kind="stable").tolist()
+
+
+def test_slider_at_the_scans_threshold_gives_the_checks_groups(browser, swept):
+    expected = _groups_of_table(swept["report"].tables["groups"])
+    assert len(expected) >= 4
+    page = Page(browser, swept["html"])
+    try:
+        page.page.click("#galleries .tabs button[data-issue='near_duplicate']")
+        assert _page_groups(page) == expected                                   # the check's own table
+        assert page.js("tamisReport.setThreshold('near_duplicate', 0.97)")       # away and back: regrouped in JS
+        assert page.js("tamisReport.setThreshold('near_duplicate', 0.95)")
+        assert _page_groups(page) == expected
+        assert page.page.locator(f"{NEAR} .group-head", has_text="not a group at the scan").count() == 0
+        assert _shown_counts(page) == _counts(swept["report"].counts()["near_duplicate"])
+        assert page.js("tamisReport.flagged('near_duplicate')") == _rows(swept["report"])
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+@pytest.mark.parametrize("threshold", [0.92, 0.97])
+def test_moving_the_slider_regroups_as_the_check_would(browser, swept, threshold):
+    truth = _rescan(swept, threshold)
+    expected = _groups_of_table(truth.tables["groups"])
+    at_scan = _groups_of_table(swept["report"].tables["groups"])
+    count = truth.counts()["near_duplicate"]
+    if threshold < 0.95:   # down: the pairs between the thresholds add rows and merge groups
+        assert count > swept["report"].counts()["near_duplicate"] and expected != at_scan
+    else:                  # up: groups go
+        assert count < swept["report"].counts()["near_duplicate"] and len(expected) < len(at_scan)
+    page = Page(browser, swept["html"])
+    try:
+        page.page.click("#galleries .tabs button[data-issue='near_duplicate']")
+        page.page.fill(f"{NEAR} input.threshold-value", str(threshold))
+        page.page.dispatch_event(f"{NEAR} input.threshold-value", "change")
+        assert page.page.locator(f"{NEAR} input.threshold").input_value() == str(threshold)
+        assert _page_groups(page) == expected        # members, ids and the kept member (the first id)
+        assert _shown_counts(page) == _counts(count)
+        assert page.js("tamisReport.flagged('near_duplicate')") == _rows(truth)
+        # the map draws the new flags: with only this issue shown, exactly its rows can be picked
+        page.js("document.getElementById('scatter').scrollIntoView({block: 'center'})")
+        page.page.uncheck("#toggle-clean")
+        for box in page.page.locator("#projection input[data-issue]").all():
+            if box.get_attribute("data-issue") != "near_duplicate":
+                box.uncheck()
+        page.page.wait_for_timeout(150)
+        picked = []
+        for row in range(swept["n"]):
+            pos = page.js(f"tamisReport.screenPosition({row})")
+            if page.js(f"tamisReport.rowAt({pos['x']}, {pos['y']})") == row:
+                picked.append(row)
+        assert picked == _rows(truth)
+        page.page.click(f"{NEAR} button.threshold-reset")      # back to the scan's threshold
+        assert _page_groups(page) == at_scan
+        assert _shown_counts(page) == _counts(swept["report"].counts()["near_duplicate"])
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_slider_keys_move_by_thousandths_and_the_histogram_line_follows(browser, swept):
+    page = Page(browser, swept["html"])
+    try:
+        page.page.click("#galleries .tabs button[data-issue='near_duplicate']")
+        slider = page.page.locator(f"{NEAR} input.threshold")
+        assert slider.get_attribute("min") == "0.9" and slider.get_attribute("max") == "1"
+        assert page.js("tamisReport.markers()") == [{"check": "near_duplicate", "key": "threshold", "value": 0.95}]
+        slider.focus()
+        for _ in range(30):
+            page.page.keyboard.press("ArrowLeft")
+        page.page.wait_for_timeout(200)
+        value = float(page.page.locator(f"{NEAR} input.threshold-value").input_value())
+        assert value < 0.95 and round(value, 3) == value
+        assert page.js("tamisReport.flagged('near_duplicate')") == _rows(_rescan(swept, value))
+        assert f"pairs \u2265 {value:.3f}" in page.page.locator(f"{NEAR} .threshold-state").inner_text()
+        assert page.js("tamisReport.markers()")[0]["value"] == value
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_slider_bound_carries_only_the_pairs_at_the_threshold(swept, tmp_path, monkeypatch):
+    import tamis.report.html as html_module
+
+    report = swept["report"]
+    n_pairs = report.summary["checks"]["near_duplicate"]["n_pairs"]
+    monkeypatch.setattr(html_module, "MAX_SLIDER_PAIRS", n_pairs)            # the sweep's pairs are more
+    slider = _page_data(write_html_report(report, tmp_path / "a"))["galleries"]["near_duplicate"]["slider"]
+    values = _b64(slider["values"], "<f4")
+    assert slider["floor"] == 0.95 and slider["lowest"] == 0.90
+    assert len(values) == n_pairs and values.min() >= np.float32(0.95)
+    monkeypatch.setattr(html_module, "MAX_SLIDER_PAIRS", n_pairs - 1)        # even those are too many
+    slider = _page_data(write_html_report(report, tmp_path / "b"))["galleries"]["near_duplicate"]["slider"]
+    assert set(slider) == {"note"} and "more than the page carries" in slider["note"]
+
+
+def test_slider_floor_shown_when_bounded(browser, swept, tmp_path, monkeypatch):
+    import tamis.report.html as html_module
+
+    monkeypatch.setattr(html_module, "MAX_SLIDER_PAIRS", swept["report"].summary["checks"]["near_duplicate"]["n_pairs"])
+    page = Page(browser, write_html_report(swept["report"], tmp_path))
+    try:
+        page.page.click("#galleries .tabs button[data-issue='near_duplicate']")
+        assert page.page.locator(f"{NEAR} input.threshold").get_attribute("min") == "0.95"
+        assert "more than the page carries" in page.page.locator(f"{NEAR} .slider").inner_text()
+        assert page.js("tamisReport.setThreshold('near_duplicate', 0.5)")        # held at the floor
+        assert page.page.locator(f"{NEAR} input.threshold-value").input_value() == "0.95"
+        assert page.js("tamisReport.flagged('near_duplicate')") == _rows(swept["report"])
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_rows_flagged_outside_the_groups_stay_flagged(browser, swept, tmp_path):
+    from dataclasses import replace
+
+    import pyarrow as pa
+
+    report = swept["report"]
+    flags = report.flags("near_duplicate").copy()
+    extra = int(np.flatnonzero(~flags)[0])           # flagged by the check for something else than a group
+    flags[extra] = True
+    column = report.samples.column_names.index("is_near_duplicate_issue")
+    samples = report.samples.set_column(column, "is_near_duplicate_issue", pa.array(flags))
+    summary = {**report.summary, "issues": {**report.summary["issues"], "near_duplicate": int(flags.sum())}}
+    page = Page(browser, write_html_report(replace(report, samples=samples, summary=summary), tmp_path))
+    try:
+        assert page.js("tamisReport.setThreshold('near_duplicate', 0.97)")
+        truth = _rescan(swept, 0.97).flags("near_duplicate")
+        assert not truth[extra]
+        truth[extra] = True
+        assert page.js("tamisReport.flagged('near_duplicate')") == np.flatnonzero(truth).tolist()
+        assert page.page.locator("#issue-counts tr[data-issue='near_duplicate'] td.num").inner_text() == \
+            str(int(truth.sum()))
+        assert "stay flagged" in page.page.locator(f"{NEAR} .slider").inner_text()
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+# ---------------------------------------------------------------------- object crops: a row's group
+@pytest.fixture(scope="module")
+def cropped(tmp_path_factory):
+    """20 crops of 8 images (image k has k % 4 + 1 crops), PNGs for the first 10 crops."""
+    base = tmp_path_factory.mktemp("crops")
+    rng = np.random.default_rng(2)
+    image = np.repeat(np.arange(8), [k % 4 + 1 for k in range(8)])
+    n = len(image)
+    emb = rng.normal(size=(n, 12)).astype(np.float32)
+    paths = np.array([f"crops/{i:03d}.png" for i in range(n)], dtype=object)
+    if HAS_PIL:
+        for i in range(10):
+            write_png(base / paths[i], (10 * i, 90, 160))
+    cols = {"embeddings": emb, "labels": np.array([f"obj{i % 3}" for i in range(n)], dtype=object),
+            "image_paths": paths, "image_id": np.array([f"img-{k}" for k in image], dtype=object),
+            "ids": np.array([f"crop{i}" for i in range(n)], dtype=object)}
+    report = tamis.scan(cols, device="cpu")
+    assert report.summary["store"]["columns"].get("groups") == "image_id"
+    if "group" not in report.samples.column_names:     # the samples carry the store's group column
+        from dataclasses import replace
+
+        import pyarrow as pa
+
+        report = replace(report, samples=report.samples.append_column("group", pa.array(cols["image_id"])))
+    coords = np.column_stack([np.arange(n) % 6, np.arange(n) // 6]).astype(np.float64)
+    html = write_html_report(report, base / "report", coords=coords, image_root=base)
+    return {"report": report, "html": html, "image": image, "cols": cols, "n": n}
+
+
+def test_a_crop_shows_the_other_crops_of_its_image(browser, cropped):
+    image, cols = cropped["image"], cropped["cols"]
+    thumbs = set(range(10)) if HAS_PIL else set()
+    data = _page_data(cropped["html"])
+    assert data["group"] == {"caption": "image_id", "names": [f"img-{k}" for k in range(8)]}
+    assert cropped["report"].tables["sweep_pairs"].num_rows == 0                       # no pair: no slider
+    assert data["galleries"]["near_duplicate"]["kind"] == "samples"
+    page = Page(browser, cropped["html"])
+    try:
+        for row in (0, 7, cropped["n"] - 1, 1):
+            page.js(f"tamisReport.select({row})")
+            fields = page.page.locator("#panel-fields")
+            assert fields.locator("[data-field=group]").inner_text() == cols["image_id"][row]
+            assert "image_id" in page.page.locator("#sample-panel").inner_text()
+            siblings = [int(r) for r in np.flatnonzero(image == image[row]) if r != row]
+            assert page.js("Array.from(document.querySelectorAll('#panel-siblings .sibling'), (e) => +e.dataset.row)") \
+                == siblings
+            for q in siblings:
+                tile = page.page.locator(f"#panel-siblings .sibling[data-row='{q}']")
+                assert cols["ids"][q] in tile.inner_text() and cols["labels"][q] in tile.inner_text()
+                assert tile.locator("img.thumb").count() == (1 if q in thumbs else 0)
+            if not siblings:
+                assert "only row" in page.page.locator("#panel-siblings").inner_text()
+        page.js("tamisReport.select(1)")
+        page.page.locator("#panel-siblings .sibling[data-row='2']").click()    # a sibling opens its own panel
+        assert page.page.locator("#panel-fields [data-field=row]").inner_text() == "2"
+        if HAS_PIL:
+            page.page.wait_for_function("Array.from(document.querySelectorAll('#panel-siblings img.thumb'))"
+                                        ".every((i) => i.complete && i.naturalWidth > 0)")
+        # gallery cards name the image
+        tab = next(n for n in cropped["report"].issue_types if cropped["report"].counts()[n] > 0)
+        page.page.click(f"#galleries .tabs button[data-issue='{tab}']")
+        first = page.page.locator(f"#galleries .pane[data-issue='{tab}'] .card").first
+        row = int(first.get_attribute("data-row"))
+        assert first.locator(".group-of").inner_text() == f"image_id: {cols['image_id'][row]}"
+        assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_no_group_column_no_sibling_list(page, scanned):
+    page.js("tamisReport.select(1)")
+    assert page.page.locator("#panel-siblings").count() == 0
+    assert page.page.locator("#panel-fields [data-field=group]").count() == 0
+    assert page.page.locator("#galleries .card .group-of").count() == 0
+
+
+def test_thumbnails_of_a_flagged_crops_image_come_next(cropped):
+    from dataclasses import replace
+
+    import pyarrow as pa
+
+    from tamis.report.thumbnails import _thumbnail_order
+
+    image, n = cropped["image"], cropped["n"]
+    samples = cropped["report"].samples
+    flagged = np.isin(np.arange(n), [3, 11])              # one crop of image 2 (rows 3-5), one of image 5 (11-12)
+    for name in samples.column_names:
+        if name.startswith("is_") and name.endswith("_issue"):
+            samples = samples.set_column(samples.column_names.index(name), name,
+                                         pa.array(flagged & name.startswith("is_outlier")))
+    order = _thumbnail_order(replace(cropped["report"], samples=samples))
+    assert sorted(order) == list(range(n))
+    assert sorted(order[:2]) == [3, 11] and order[2:5] == [4, 5, 12]     # then the other crops of their images
+    assert order[5:] == [r for r in range(n) if r not in (3, 4, 5, 11, 12)]
+    assert image[4] == image[5] == image[3] and image[12] == image[11]

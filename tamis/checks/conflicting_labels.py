@@ -5,8 +5,11 @@ near-duplicate groups at ``threshold`` (the scan's ``--threshold`` by default). 
 of a conflicting group is flagged; its score is the share of its group that carries its own
 label (a lone dissenter scores low). ``policy``: ``exclude_group`` (default) drops every
 member, ``keep_majority`` drops the members outside the majority label, and the whole group
-where no label has a strict majority. Table ``conflicts.parquet``: one row per group with
-its size, label counts, majority label and label entropy (bits).
+where no label has a strict majority. Against a reference (``--against``), a batch row with a
+copy there under another label is flagged and excluded under either policy (the reference's label
+stands); its score is the share of itself and its reference copies that carry its label. Table
+``conflicts.parquet``: one row per group with its size, label counts, majority label and label
+entropy (bits).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..config import Interval, Options
 from ..engine.artifacts import resolve_threshold
 from .base import Check, CheckResult
 from .shared.groups import near_groups, segment_label_stats
+from .shared.reference import reference_hits
 from .views import Groups
 
 
@@ -86,7 +90,14 @@ class ConflictingLabels(Check):
             ("group_id", pa.int64()), ("size", pa.int64()), ("n_labels", pa.int64()),
             ("majority_label", pa.string()), ("majority_share", pa.float64()), ("entropy_bits", pa.float64()),
             ("label_counts", pa.string())]))
+        # against a reference: a batch row whose copies there carry another label (the reference's stand)
+        every, others = reference_hits(ctx, threshold), reference_hits(ctx, threshold, "label_differs")
+        against = others.rows & ~flags
+        scores[others.rows] = np.fmin(scores[others.rows], (1.0 + every.count[others.rows] - others.count[others.rows])
+                                      / (1.0 + every.count[others.rows]))
+        excluded = np.union1d(excluded, np.flatnonzero(others.rows)).astype(np.int64)
         members = np.flatnonzero(flags)
+        flags |= others.rows
         gone = np.zeros(ctx.n, dtype=bool)
         gone[excluded] = True
         member_table = pa.table({"group_id": pa.array(groups.group_of[members], pa.int64()),
@@ -94,5 +105,8 @@ class ConflictingLabels(Check):
         summary = {"threshold": float(threshold), "n_groups": len(rows_out), "n_rows": int(flags.sum()),
                    "n_excluded": int(len(excluded)), "policy": self.policy,
                    "groups": sorted(rows_out, key=lambda r: (-r["size"], r["group_id"]))[:20]}
+        if others.summary is not None:
+            summary["reference"] = dict(others.summary, n_rows_only_against_reference=int(against.sum()))
+            summary["n_rows"], summary["n_excluded"] = int(flags.sum()), int(len(excluded))
         return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded,
                            tables={"conflicts": table, "conflict_members": member_table})

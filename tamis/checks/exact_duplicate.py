@@ -4,7 +4,9 @@ Rows are hashed to 64 bits (their raw words times random odd multipliers, summed
 2**64: exact integer arithmetic, the same on every device), rows that share a hash are
 compared word for word, and rows with equal paths are joined too. Each group keeps one
 member by the ``keep`` policy; the others are excluded with reason ``exact_duplicate``.
-Score: 0 for a member of a group, 1 otherwise. Memory: one (block x d) uint64 copy of
+Against a reference (``--against``), a batch row whose normalised row (at the index's
+precision) is bit-identical to a reference row's, or whose path is a reference row's, is flagged
+and excluded too. Score: 0 for a member of a group (or such a copy), 1 otherwise. Memory: one (block x d) uint64 copy of
 ``2**24`` words at a time besides the input.
 """
 
@@ -17,6 +19,7 @@ from ..config import Options
 from ..io.labels import encode
 from .base import Check, CheckResult
 from .shared.groups import KEEP_POLICIES, groups_of, keep_one
+from .shared.reference import EXACT_THRESHOLD, reference_hits
 from .views import Groups
 
 HASH_BLOCK_WORDS = 1 << 24
@@ -43,13 +46,16 @@ class ExactDuplicate(Check):
         a, b = a[~within], b[~within]
         groups = groups_of(ctx.n, a, b)
         keep = keep_one(ctx, groups, self.keep)
-        flags = groups.group_of >= 0
+        copies = reference_hits(ctx, min(EXACT_THRESHOLD, ctx.config.threshold), "exact")   # against a reference
+        flags = (groups.group_of >= 0) | copies.rows
         scores = np.where(flags, 0.0, 1.0)
         scores[~ctx.valid] = np.nan
         flags &= ctx.valid
-        excluded = np.flatnonzero(flags & ~keep)
+        excluded = np.flatnonzero(flags & (~keep | copies.rows))
         summary = {"n_groups": int(groups.n_groups), "n_rows": int(flags.sum()), "n_excluded": int(len(excluded)),
                    "largest_group": int(groups.sizes().max()) if groups.n_groups else 0}
+        if copies.summary is not None:
+            summary["reference"] = copies.summary
         members = groups.rows[flags[groups.rows]]
         table = pa.table({"group_id": pa.array(groups.group_of[members], pa.int64()),
                           "row": pa.array(members, pa.int64()), "keep": pa.array(keep[members], pa.bool_())})

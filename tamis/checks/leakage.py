@@ -8,6 +8,11 @@ split. Score: ``1 - (largest similarity to a row of another split)`` for flagged
 the rest. ``exclude``: ``eval`` (default) drops the evaluation member, ``train`` the other
 member, ``none`` nothing. The summary gives, per pair of splits, the number of pairs and the
 leak rate: leaked rows of the evaluation split over its size.
+
+Against a reference (``--against``), a batch row with a copy in another split of the reference
+(a new training row that is a reference test row, or a new test row the reference trains on) is
+flagged and excluded (unless ``exclude="none"``): the reference is fixed, so the batch's row is the
+one to drop. The summary's ``reference`` counts the pairs per ``reference split->batch split``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pyarrow as pa
 from ..config import Interval, Options
 from ..engine.artifacts import pairs_at, resolve_threshold
 from .base import Check, CheckResult
+from .shared.reference import reference_hits
 from .views import Field, Pairs
 
 TRAIN_NAMES = ("train", "training", "trn")
@@ -60,8 +66,15 @@ class Leakage(Check):
         split_groups, group_eval, group_other = _groups_across_splits(ctx, codes, rank)
         flags[group_eval] = True                       # a crop whose image has crops in a training split
         scores[group_eval] = 0.0
-        excluded = {"eval": np.unique(np.concatenate([eval_row, group_eval])),
-                    "train": np.unique(np.concatenate([other_row, group_other])),
+        # against a reference: a batch row with a copy in another of the reference's splits is the leak the
+        # batch brings in, whichever side is the evaluation one, and the batch row is the one to drop
+        leaks = reference_hits(ctx, threshold, "cross_split")
+        flags |= leaks.rows
+        scores = np.where(leaks.rows, np.fmin(scores, np.clip(1.0 - np.nan_to_num(leaks.best, nan=1.0), 0.0, 1.0)),
+                          scores)
+        batch_side = np.flatnonzero(leaks.rows) if self.exclude != "none" else np.empty(0, dtype=np.int64)
+        excluded = {"eval": np.unique(np.concatenate([eval_row, group_eval, batch_side])),
+                    "train": np.unique(np.concatenate([other_row, group_other, batch_side])),
                     "none": np.empty(0, dtype=np.int64)}[self.exclude]
 
         eval_split = np.where(a_is_eval, ca, cb)
@@ -76,6 +89,8 @@ class Leakage(Check):
                    "n_excluded": int(len(excluded)), "exclude": self.exclude,
                    "evaluation_order": [str(names[i]) for i in np.argsort(rank, kind="stable")],
                    "split_pairs": per_pair, "n_groups_across_splits": split_groups}
+        if leaks.summary is not None:
+            summary["reference"] = leaks.summary
         leaks = pa.table({"row_a": pa.array(a, pa.int64()), "row_b": pa.array(b, pa.int64()),
                           "similarity": pa.array(sim, pa.float32()), "eval_row": pa.array(eval_row, pa.int64())})
         return CheckResult(flags=flags, scores=scores, summary=summary, exclude=excluded, tables={"leaks": leaks})

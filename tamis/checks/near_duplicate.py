@@ -8,10 +8,16 @@ excluded with reason ``near_duplicate``.
 
 Score: ``1 - (largest similarity to another row)`` for rows in a pair found at the sweep's
 lowest threshold, 1 for the rest (lower = more duplicated). ``summary.json`` holds a sweep:
-pairs and groups at 0.90 ... 0.995, so a threshold can be picked from counts.
+pairs and groups at 0.90 ... 0.995, so a threshold can be picked from counts, and
+``pairs_from``: the sweep's lowest threshold (the threshold itself without a sweep).
+
+Against a reference (``--against``), a batch row with a copy (similarity >= ``threshold``) among
+the reference's rows is flagged and excluded too (the reference keeps its row); the summary's
+``reference`` counts them, ``reference_matches.parquet`` lists the pairs.
 
 Tables: ``pairs.parquet`` (row_a, row_b, similarity, cross_split) and ``groups.parquet``
-(group_id, row, kind, keep, conflicting) at ``threshold``.
+(group_id, row, kind, keep, conflicting) at ``threshold``; ``sweep_pairs.parquet`` (row_a,
+row_b, similarity): every pair at ``pairs_from``, which the report's threshold slider regroups.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from .shared.groups import (
     max_similarity,
     near_groups,
 )
-from .views import Groups, Histogram
+from .shared.reference import reference_hits
+from .views import Groups, Histogram, Slider
 
 log = logging.getLogger("tamis")
 
@@ -45,7 +52,9 @@ class NearDuplicate(Check):
     name = "near_duplicate"
     requires = ("embeddings",)
     description = "pairs and groups of rows with cosine similarity >= threshold"
-    gallery = Groups(table="groups", member_columns=(("kind", "copies"), ("conflicting", "labels differ")))
+    gallery = Groups(table="groups", member_columns=(("kind", "copies"), ("conflicting", "labels differ")),
+                     slider=Slider(table="sweep_pairs", value="similarity", threshold="threshold",
+                                   lowest="pairs_from", keep_param="keep"))
     panels = (Histogram(title="Near-duplicate similarity", key="histogram", marker="threshold",
                         x_label="cosine similarity", y_label="pairs",
                         note="Pairs per cosine-similarity bin (log scale); the line is the threshold: pairs at or "
@@ -82,9 +91,12 @@ class NearDuplicate(Check):
 
         flags = groups.group_of >= 0
         best = max_similarity(ctx.n, every)
+        copies = reference_hits(ctx, threshold)   # against a reference: rows with a copy there, which it keeps
+        flags |= copies.rows
+        best = np.fmax(best, copies.best)
         scores = np.where(np.isnan(best), 1.0, np.clip(1.0 - best, 0.0, 1.0))
         scores[~ctx.valid] = np.nan
-        excluded = np.flatnonzero(flags & ~keep)
+        excluded = np.flatnonzero((flags & ~keep) | copies.rows)
 
         emb = ctx.store.embeddings
         kind = _group_kinds(ctx, groups, emb)
@@ -94,6 +106,7 @@ class NearDuplicate(Check):
         group_sims = _group_similarity_range(groups, pairs)
         summary = {
             "threshold": float(threshold),
+            "pairs_from": float(base),
             "n_pairs": int(len(pairs)),
             "n_groups": int(groups.n_groups),
             "n_rows_in_groups": int(flags.sum()),
@@ -105,6 +118,8 @@ class NearDuplicate(Check):
         }
         if sweep_cut:
             summary["sweep_cut"] = sweep_cut
+        if copies.summary is not None:
+            summary["reference"] = copies.summary
         if self.sweep:
             summary["sweep"] = []
             for t in sorted(set(SWEEP) | {float(threshold)}):
@@ -118,6 +133,9 @@ class NearDuplicate(Check):
                                "similarity": pa.array(pairs.similarity, type=pa.float32()),
                                "cross_split": pa.array(cross, type=pa.bool_())}),
             "groups": group_table(groups, kind, keep, conflicting),
+            "sweep_pairs": pa.table({"row_a": pa.array(every.row_a, type=pa.int64()),
+                                     "row_b": pa.array(every.row_b, type=pa.int64()),
+                                     "similarity": pa.array(every.similarity, type=pa.float32())}),
         }
         return CheckResult(flags=flags, scores=scores, summary=summary, tables=tables, exclude=excluded)
 

@@ -49,7 +49,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from ..config import Interval
-from ..engine.artifacts import neighbours, resolve_k
+from ..engine.artifacts import neighbour_codes, neighbours, resolve_k
 from ..errors import InputError
 from .base import Check, CheckResult, plain
 from .views import Groups
@@ -141,7 +141,7 @@ class OffTopic(Check):
         k = resolve_k(ctx, self.k)
         idx, sims = neighbours(ctx, k)
         density = sims.astype(np.float64).mean(axis=1)
-        agreement = (codes[idx] == codes[:, None]).mean(axis=1)
+        agreement = (neighbour_codes(ctx, idx) == codes[:, None]).mean(axis=1)
         candidate = ((far < _low_fence(far, self.far_factor)) & (density >= _low_fence(density, self.far_factor))
                      & (agreement <= self.max_agreement))
         members = np.zeros(m, dtype=bool)
@@ -150,6 +150,8 @@ class OffTopic(Check):
             return far, members, clusters
         head = np.repeat(np.arange(m), idx.shape[1])
         tail = idx.ravel()
+        inside = tail < m   # against a reference (--against), a neighbour m + p is reference row p
+        head, tail = head[inside], tail[inside]
         both = candidate[head] & candidate[tail]
         graph = sp.coo_matrix((np.ones(int(both.sum())), (head[both], tail[both])), shape=(m, m)).tocsr()
         _, component = connected_components(graph, directed=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import Interval
-from ..engine.artifacts import neighbours, resolve_k
+from ..engine.artifacts import neighbour_codes, neighbours, resolve_k
 from .base import Check, CheckResult
 from .leakage import TRAIN_NAMES
 
@@ -38,7 +38,7 @@ class SplitShift(Check):
         sizes = np.bincount(codes, minlength=len(names))
         trainish = [i for i, s in enumerate(names) if str(s).lower() in TRAIN_NAMES]
         reference = max(trainish, key=lambda i: sizes[i]) if trainish else int(np.argmax(sizes))
-        neighbour_split = codes[idx]
+        neighbour_split = neighbour_codes(ctx, idx, "split")   # against a reference, its rows' splits too
         other_share = (neighbour_split != codes[:, None]).mean(axis=1)
         chance = (m - sizes[codes]) / max(1, m - 1)
         ratio = np.where(chance > 0, other_share / np.where(chance > 0, chance, 1), 1.0)

@@ -10,6 +10,7 @@ Kinds
 -----
 - :class:`Samples`: one card per flagged row, with the named per-sample columns as captions;
 - :class:`Groups`: flagged rows in groups, from a table with ``group_id``, ``row`` (and ``keep``);
+  with a :class:`Slider`, the page regroups pairs the check found at a lower threshold;
 - :class:`Pairs`: pairs of rows from a table with ``row_a``, ``row_b`` and a value column;
 - :class:`Crosstab` (panel): a table's counts, rows x columns (e.g. classes per split);
 - :class:`Histogram` (panel): ``{"edges", "counts"}`` the check put in its summary;
@@ -52,6 +53,27 @@ class Samples(View):
 
 
 @dataclass(frozen=True)
+class Slider:
+    """A threshold slider over a :class:`Groups` gallery: the page regroups ``table``'s pairs.
+
+    ``table`` holds pairs ``row_a``, ``row_b`` and ``value`` (a similarity, larger = closer):
+    every pair at or above the value the check's summary holds under ``lowest`` (the slider's
+    floor). The gallery's groups must be the connected components of the pairs at or above the
+    summary's ``threshold`` (where the slider starts), each group's id its smallest row. At ``t``
+    the page regroups the pairs ``value >= t`` (the issue's flags, its counts and the gallery
+    follow): a group the check found keeps the member the check kept, any other the member with
+    the smallest id (the ``first`` policy); ``keep_param`` names the check's parameter holding its
+    policy, which the page names when it is not ``"first"``.
+    """
+
+    table: str
+    value: str = "similarity"
+    threshold: str = "threshold"
+    lowest: str = "threshold"
+    keep_param: str = "keep"
+
+
+@dataclass(frozen=True)
 class Groups(View):
     """Flagged rows grouped by ``table``'s ``group_id`` (members ``row``; ``keep`` marks the one kept).
 
@@ -62,6 +84,7 @@ class Groups(View):
     ``(column, caption, format)``; format ``"text"``, ``"number"`` or ``"counts"`` (a JSON
     object ``{"a": 3}`` shown as ``a x3``). ``exclude``: what the group's button excludes,
     ``"copies"`` (the members whose ``keep`` is false: all but the kept one) or ``"group"``.
+    ``slider``: a :class:`Slider` that regroups the check's pairs at another threshold in the page.
     """
 
     table: str = "groups"
@@ -71,6 +94,7 @@ class Groups(View):
     fact_columns: tuple[tuple[str, str, str], ...] = ()
     score_caption: str = "score"
     exclude: str = "copies"
+    slider: Slider | None = None
     kind = "groups"
 
 
@@ -126,4 +150,4 @@ class Table(View):
     kind = "table"
 
 
-__all__ = ["Field", "View", "Samples", "Groups", "Pairs", "Crosstab", "Histogram", "Table"]
+__all__ = ["Field", "View", "Samples", "Slider", "Groups", "Pairs", "Crosstab", "Histogram", "Table"]

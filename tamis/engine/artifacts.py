@@ -12,6 +12,11 @@ Row spaces: pairs are kept in input-row space (``row_a < row_b``, sorted); the g
 in the valid-row space of ``ctx.embeddings`` (indices into it). With a group column (the image
 an object crop comes from), pairs within one group are dropped: crops of one image are never
 each other's duplicates or leaks.
+
+Against a reference (``ctx.reference``, ``--against``): :func:`pairs_at` stays the batch's own
+pairs, :func:`reference_pairs` gives the (batch row, reference position) pairs, and the graph of
+:func:`neighbours` reaches into the reference: index ``i < M`` is valid row ``i`` of the batch,
+``M + p`` reference position ``p`` (:func:`neighbour_codes` reads their labels or splits).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 from ..config import DEFAULT_K
 from ..errors import ConfigError, PairLimitError
+from .reference import merge_neighbours, neighbours_against, pairs_against
 
 
 @dataclass(frozen=True)
@@ -92,13 +98,18 @@ def choose_threshold(ctx, fraction: float, candidates: tuple[float, ...]) -> dic
             "reason": reason}
 
 
+def _rows_to_search(ctx) -> int:
+    """The rows a valid row's neighbours come from: the valid rows, and the reference's."""
+    return len(ctx.valid_rows) + (ctx.reference.n if ctx.reference is not None else 0)
+
+
 def resolve_k(ctx, k: int | None) -> int:
     """The k a check uses: its own, else the scan's, else :data:`~tamis.config.DEFAULT_K` capped
     at M - 1. A k that was asked for is never lowered: :func:`neighbours` refuses one >= M."""
     chosen = k if k is not None else ctx.config.k
     if chosen is not None:
         return int(chosen)
-    m = len(ctx.valid_rows)
+    m = _rows_to_search(ctx)
     if m < 2:
         raise ConfigError(f"{ctx.store.source}: neighbour-based checks need at least 2 valid rows, and the store "
                           f"has {m}; leave them out with --checks")
@@ -106,8 +117,10 @@ def resolve_k(ctx, k: int | None) -> int:
 
 
 def neighbours(ctx, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, similarities), each (M, k), of the valid rows: self excluded, most similar first."""
-    m = len(ctx.valid_rows)
+    """(indices, similarities), each (M, k), of the valid rows: self excluded, most similar first
+    (against a reference, among the batch's and the reference's rows: indices ``M + p`` name
+    reference position ``p``)."""
+    m = _rows_to_search(ctx)
     if k >= m:
         raise ConfigError(f"k={k} neighbours need at least {k + 1} valid rows, and the store has {m}; "
                           f"lower k (--k {max(1, m - 1)}) or scan more rows")
@@ -116,11 +129,92 @@ def neighbours(ctx, k: int) -> tuple[np.ndarray, np.ndarray]:
             return idx[:, :k], sim[:, :k]
 
     def build():
+        if ctx.reference is not None:
+            return _against(ctx, k)
         idx, sims, info = ctx.executor.knn(ctx, k)
         ctx.search_info["neighbours"] = {"k": int(k), **info}
         return idx, sims
 
     return ctx.artifact(("knn", int(k)), build)
+
+
+def _against(ctx, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each batch row's k nearest among the other batch rows and the reference's rows, merged."""
+    m, ref = len(ctx.valid_rows), ctx.reference
+    own = min(k, m - 1)
+    if own >= 1:
+        b_idx, b_sim, b_info = ctx.executor.knn(ctx, own)
+    else:
+        b_idx, b_sim, b_info = np.empty((m, 0), np.int64), np.empty((m, 0), np.float32), {"exact": True,
+                                                                                        "recall": 1.0}
+    with ctx.progress.task(f"neighbours in the reference (k={k})", total=None) as advance:
+        r_idx, r_sim, r_info = neighbours_against(ctx.embeddings, ref, k, xp=ctx.xp, engine=ctx.config.engine,
+                                                  progress=lambda done: advance(0))
+    idx, sims = merge_neighbours(b_idx, b_sim, r_idx, r_sim, ref.n, k)
+    ctx.search_info["neighbours"] = {"k": int(k), "engine": r_info.get("engine"),
+                                     "exact": bool(b_info.get("exact") and r_info.get("exact")),
+                                     "recall": min(float(b_info.get("recall", 1.0)), float(r_info.get("recall", 1.0))),
+                                     "batch": b_info, "reference": r_info}
+    return idx, sims
+
+
+def neighbour_codes(ctx, idx: np.ndarray, kind: str = "labels") -> np.ndarray:
+    """The label (``kind`` "labels") or split ("split") code of every neighbour in ``idx`` (a graph
+    of :func:`neighbours`): a valid row's own, and against a reference a reference row's, in the
+    run's numbering. Same shape as ``idx``."""
+    own = (ctx.label_codes if kind == "labels" else ctx.split_codes)[ctx.valid_rows]
+    if ctx.reference is None:
+        return own[idx]
+    m = len(own)
+    inside = idx < m
+    out = np.empty(idx.shape, dtype=np.int64)
+    out[inside] = own[idx[inside]]
+    out[~inside] = ctx.reference_codes(kind)[idx[~inside] - m]
+    return out
+
+
+@dataclass(frozen=True)
+class ReferencePairs:
+    """(batch input row, reference position) pairs with similarity >= ``threshold``, sorted by
+    (row, position); ``exact`` where the two stored rows are bit-identical."""
+
+    row: np.ndarray
+    position: np.ndarray
+    similarity: np.ndarray
+    exact: np.ndarray
+    threshold: float
+
+    def at(self, threshold: float) -> "ReferencePairs":
+        if threshold == self.threshold:
+            return self
+        keep = self.similarity >= np.float32(threshold)
+        return ReferencePairs(self.row[keep], self.position[keep], self.similarity[keep], self.exact[keep], threshold)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def reference_pairs(ctx, threshold: float) -> ReferencePairs:
+    """Every (batch valid row, reference row) pair with similarity >= ``threshold`` (a scan against
+    a reference only), searched once per run at the lowest threshold asked for first."""
+    for built, pairs in sorted(ctx.built("reference_pairs").items()):
+        if built <= threshold:
+            return pairs.at(threshold)
+
+    def build() -> ReferencePairs:
+        ref, xp = ctx.reference, ctx.xp
+        with ctx.progress.task("pairs with the reference", total=None) as advance:
+            q, p, sim, info = pairs_against(ctx.embeddings, ref, threshold, xp=xp, engine=ctx.config.engine,
+                                            max_pairs=ctx.max_pairs, progress=lambda done: advance(0))
+        ctx.search_info["reference_pairs"] = {"threshold": float(threshold), **info}
+        exact = np.zeros(len(q), dtype=bool)
+        for a, b in ((a, min(len(q), a + (1 << 16))) for a in range(0, len(q), 1 << 16)):
+            ours = ctx.backend.to_host(ctx.embeddings[xp.asarray(q[a:b])])
+            theirs = ctx.backend.to_host(ref.take(p[a:b]))
+            exact[a:b] = (ours.view(np.uint8).reshape(b - a, -1) == theirs.view(np.uint8).reshape(b - a, -1)).all(1)
+        return ReferencePairs(ctx.valid_rows[q], p, sim, exact, threshold)
+
+    return ctx.artifact(("reference_pairs", float(threshold)), build)
 
 
 def largest_graph(ctx):
@@ -129,4 +223,5 @@ def largest_graph(ctx):
     return graphs[max(graphs)] if graphs else None
 
 
-__all__ = ["Pairs", "pairs_at", "resolve_threshold", "choose_threshold", "neighbours", "resolve_k", "largest_graph"]
+__all__ = ["Pairs", "pairs_at", "resolve_threshold", "choose_threshold", "neighbours", "resolve_k", "largest_graph",
+           "ReferencePairs", "reference_pairs", "neighbour_codes"]

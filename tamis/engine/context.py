@@ -11,6 +11,13 @@ Row spaces: ``ctx.n`` input rows; ``ctx.valid`` marks the rows whose embedding i
 finite and non-zero (all rows when the store has no embeddings); ``ctx.embeddings`` holds
 the valid rows only, in input order, and ``ctx.valid_rows`` maps its rows back to input
 positions. :meth:`RunContext.to_rows` scatters per-valid-row values back to all rows.
+
+A scan against a reference (``--against``) holds the reference's index
+(:class:`~tamis.engine.reference.Reference`, ``ctx.reference``): its rows are *positions*
+``0 .. ctx.reference.n - 1``, labels and splits are numbered over the batch's values and the
+reference's together (so a reference row's label votes in the batch's label space:
+:meth:`RunContext.reference_codes`), and the neighbour graph of the batch's rows reaches into the
+reference (:func:`tamis.engine.artifacts.neighbours`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import ScanConfig, default_max_pairs
 from ..errors import InputError
@@ -44,8 +52,10 @@ class RunContext:
     """Everything one scan shares between its checks."""
 
     def __init__(self, store: Store, backend: Backend, config: ScanConfig | None = None, *,
-                 executor: Executor | None = None, progress: Progress | None = None):
+                 executor: Executor | None = None, progress: Progress | None = None, reference: Any = None):
         self.store = store
+        #: the scanned store a batch is judged against (``--against``), or None
+        self.reference = reference
         #: the scan's settings (threshold, engine, k, search parameters, precision, ...)
         self.config = config or ScanConfig()
         #: what builds the pair list and the neighbour graph (here, or on a Dask cluster's workers)
@@ -193,8 +203,45 @@ class RunContext:
             if self.store.pred_probs is not None and pa.types.is_integer(labels.type):
                 return labels.to_numpy(zero_copy_only=False).astype(np.int64), \
                     list(range(self.store.pred_probs.shape[1]))
-            return encode(labels)
+            return self._encode(labels, "label")
         return self.artifact("labels", build)
+
+    def _encode(self, values: Any, column: str) -> tuple[np.ndarray, list]:
+        """Codes of the batch's ``values`` over its distinct values, and in a scan against a
+        reference over the reference's ``column`` values too."""
+        theirs = None if self.reference is None else self.reference.column(column)
+        if theirs is None:
+            return encode(values)
+        ours, theirs = _common_type(values, theirs, column, str(self.store.source), str(self.reference.index.folder))
+        distinct = pc.unique(theirs)
+        chunks = list(ours.chunks) if isinstance(ours, pa.ChunkedArray) else [ours]
+        codes, names = encode(pa.chunked_array(chunks + [pc.cast(distinct, ours.type)], type=ours.type))
+        return codes[:len(values)], names
+
+    def reference_codes(self, kind: str) -> np.ndarray:
+        """(reference rows,) int64 code of each reference row's label (``kind`` "labels") or split
+        ("split") in this run's numbering (:attr:`label_names`, :attr:`split_names`)."""
+        column = {"labels": "label", "split": "split"}[kind]
+
+        def build() -> np.ndarray:
+            theirs = self.reference.column(column)
+            if theirs is None:
+                raise InputError(f"{self.reference.index.folder}: the reference index holds no {column}s, so its "
+                                 f"rows cannot be compared by {column}; leave the checks that need them out")
+            names = self.label_names if kind == "labels" else self.split_names
+            if kind == "labels" and self.store.pred_probs is not None and pa.types.is_integer(self.label_type):
+                codes = np.asarray(theirs.to_numpy(), dtype=np.int64)
+                bad = (codes < 0) | (codes >= len(names))
+                if bad.any():
+                    raise InputError(f"{self.reference.index.folder}: reference label {int(codes[bad][0])} is outside "
+                                     f"the {len(names)} classes of the batch's pred_probs; give pred_probs one column "
+                                     "per class of the reference too")
+                return codes
+            _, theirs = _common_type(self._need(kind), theirs, column, str(self.store.source),
+                                     str(self.reference.index.folder))
+            value_set = pa.array(names, type=theirs.type)
+            return np.asarray(pc.index_in(theirs, value_set=value_set).fill_null(-1).to_numpy(), dtype=np.int64)
+        return self.artifact(("reference_codes", kind), build)
 
     @property
     def split_codes(self) -> np.ndarray:
@@ -205,7 +252,7 @@ class RunContext:
         return self._splits()[1]
 
     def _splits(self) -> tuple[np.ndarray, list]:
-        return self.artifact("splits", lambda: encode(self._need("split")))
+        return self.artifact("splits", lambda: self._encode(self._need("split"), "split"))
 
     @property
     def group_codes(self) -> np.ndarray | None:
@@ -225,6 +272,24 @@ class RunContext:
         if value is None:
             raise InputError(f"{self.store.source}: this check needs {name}, and the store has none")
         return value
+
+
+def _common_type(ours: Any, theirs: Any, column: str, source: str, folder: str) -> tuple[Any, Any]:
+    """The batch's and the reference's values of ``column`` cast to one Arrow type (integers to
+    int64, strings to string, floats to float64); an InputError when they are of different kinds."""
+    def plain(values: Any) -> Any:
+        return pc.cast(values, values.type.value_type) if pa.types.is_dictionary(values.type) else values
+
+    ours, theirs = plain(ours), plain(theirs)
+    if ours.type == theirs.type:
+        return ours, theirs
+    for test, target in ((pa.types.is_integer, pa.int64()), (lambda t: pa.types.is_string(t) or
+                                                            pa.types.is_large_string(t), pa.string()),
+                         (pa.types.is_floating, pa.float64())):
+        if test(ours.type) and test(theirs.type):
+            return pc.cast(ours, target), pc.cast(theirs, target)
+    raise InputError(f"{source}: the batch's {column}s are {ours.type} and the reference's ({folder}) are "
+                     f"{theirs.type}; give the batch {column}s of the reference's kind (e.g. the same class names)")
 
 
 def row_scales(rows: Any, xp: Any) -> tuple[Any, Any]:

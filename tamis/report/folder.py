@@ -14,6 +14,8 @@ Files (the public contract, pinned in ``tests/test_outputs.py``):
   (the mask for ``Dataset.filter`` / ``select`` or a sampler);
 - ``<table>.parquet``: each table a check reports (e.g. ``class_counts.parquet``);
 - ``knn.npz``: the neighbour graph, when a check built one (indices are input rows);
+- ``index/``: with ``--save-index``, the store's index for later scans ``--against`` this folder
+  (:mod:`tamis.io.index_file`; its ``manifest.json`` carries the ``report_id``);
 - ``report.html`` and ``thumbs/`` (:mod:`.html`), PNG plots when asked (:mod:`.plots`).
 
 :func:`write_report` replaces a report folder as one unit: it takes the folder's lock
@@ -32,6 +34,7 @@ same ``report_id``; :func:`read_report` refuses a folder whose files do not all 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -56,6 +59,16 @@ from ..io.atomic import (
     write_text,
 )
 from ..io.images import check_image_root
+from ..io.index_file import (
+    INDEX_DIR,
+    IndexData,
+    OpenIndex,
+    copy_index,
+    describe,
+    open_index,
+    read_manifest,
+    write_index,
+)
 from ..io.knn_file import KNN_FILE, load_knn_rows, save_knn
 from .html import write_html_report
 from .model import Report
@@ -177,6 +190,13 @@ def replace_report(report: Report, out: Path, *, html: bool = True, plots: bool 
             rows, indices, sims = report.knn
             save_knn(stage / KNN_FILE, indices, sims, rows=rows, extra={REPORT_ID: report_id})
             names.append(KNN_FILE)
+        if report.index is not None:   # IndexData from a scan, or the index folder of a report read back
+            if isinstance(report.index, IndexData):
+                manifest = write_index(stage / INDEX_DIR, report.index, report_id)
+            else:
+                manifest = copy_index(report.index, stage / INDEX_DIR, report_id)
+            report.summary["index"] = describe(manifest)   # the fingerprint is known once the files are
+            names.append(INDEX_DIR)
         extra = []
         if html:
             write_html_report(report, stage, image_root=image_root)
@@ -283,12 +303,65 @@ def read_report(folder: str | os.PathLike) -> Report:
             raise InputError(f"{folder}: {KNN_FILE} belongs to another report than summary.json; the folder is "
                              "mixed: scan again")
         knn = load_knn_rows(folder / KNN_FILE)
+    index = None
+    if INDEX_DIR in files:
+        if read_manifest(folder / INDEX_DIR).get("report_id") != report_id:
+            raise InputError(f"{folder}: {INDEX_DIR}/ belongs to another report than summary.json; the folder is "
+                             "mixed: scan again")
+        index = folder / INDEX_DIR
     samples = table("samples.parquet")
     n_rows = summary.get("store", {}).get("n_rows")
     if n_rows is not None and samples.num_rows != n_rows:
         raise InputError(f"{folder}: samples.parquet has {samples.num_rows} rows but summary.json says {n_rows}; "
                          "the folder is mixed: scan again")
-    return Report(samples=samples, summary=summary, exclusions=table("exclude.parquet"), tables=tables, knn=knn)
+    return Report(samples=samples, summary=summary, exclusions=table("exclude.parquet"), tables=tables, knn=knn,
+                  index=index)
 
 
-__all__ = ["write_report", "read_report", "check_destination", "FIXED_FILES"]
+@contextmanager
+def reading(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold report folder ``folder`` for reading (a shared ``flock`` on ``.tamis.lock``, where there
+    is one): a scan or ``tamis index add`` writing it meanwhile is an :class:`~tamis.errors.InputError`
+    for the reader, and the writer waits for no reader longer than the reading takes."""
+    folder = Path(folder)
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except OSError:
+        yield folder   # no lock file (a copied or read-only folder): nobody writes it through tamis
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise InputError(f"{folder}: a tamis scan or index add is writing this report folder right now; wait for "
+                             "it to finish and run again") from exc
+        yield folder
+    finally:
+        os.close(fd)
+
+
+def open_reference(folder: str | os.PathLike, *, locked: bool = False) -> OpenIndex:
+    """The index a report folder holds, for a scan ``--against`` it or ``tamis index add``: the
+    folder must hold a whole report (summary.json) that lists ``index/``, whose manifest carries the
+    report's ``report_id`` and whose files match its fingerprint (:func:`~tamis.io.index_file.open_index`).
+    Every refusal is an :class:`~tamis.errors.InputError` naming the folder and the fix. ``locked``:
+    the caller holds the folder's lock already (:func:`destination`), so no shared lock is taken."""
+    folder = Path(folder)
+    fix = f"scan the reference with --save-index (tamis scan STORE --out {folder} --save-index)"
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such report folder; {fix}")
+    with reading(folder) if not locked else contextlib.nullcontext(folder):
+        summary_path = folder / "summary.json"
+        if not summary_path.is_file():
+            raise InputError(f"{folder}: no summary.json here, so no whole report and no index; {fix}")
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{folder}: summary.json cannot be read ({exc}); {fix}") from exc
+        files = summary.get("files") if isinstance(summary, dict) else None
+        if not isinstance(files, list) or INDEX_DIR not in files:
+            raise InputError(f"{folder}: this report has no index (it was scanned without --save-index); {fix}")
+        return open_index(folder / INDEX_DIR, report_id=summary.get("report_id"))
+
+
+__all__ = ["write_report", "read_report", "check_destination", "open_reference", "reading", "FIXED_FILES"]

@@ -14,6 +14,20 @@ flags as a uint32 bit mask, scores float32), so a 1M-row report stays usable: ab
 What the page shows of each check is what the check declared (:mod:`tamis.checks.views`,
 stored in ``summary.json -> report``): a gallery per issue type and summary panels, drawn by
 kind; nothing here or in ``report.js`` names a check. Thumbnails: :mod:`.thumbnails`.
+
+A groups gallery with a threshold slider (:class:`~tamis.checks.views.Slider`) carries the
+pairs the check found at the slider's floor: ``row_a``, ``row_b`` (int32) and the similarity
+(float32, the very values the check compared, so the page's groups at the check's threshold are
+the check's), sorted by similarity, largest first, so the pairs at or above any threshold are a
+prefix. At most :data:`MAX_SLIDER_PAIRS`: above it only the pairs at or above the check's
+threshold travel (the slider's floor rises to that threshold, and the page says so), and with
+more than that at the threshold itself the page has no slider and says why. The page regroups
+them by union-find; a group the check did not find keeps the member with the smallest id
+(``id_rank``: the ids' ascending order, ties by row, as the check's ``first`` policy; absent
+where it is the row order).
+
+With a group column (the image each object crop comes from: the samples' ``group``), the side
+panel lists a sample's other rows of its group and the gallery cards name the group.
 """
 
 from __future__ import annotations
@@ -48,6 +62,9 @@ MAX_NEIGHBORS = 10
 MAX_PAIRS = 50_000
 #: rows of a table panel embedded
 MAX_TABLE_ROWS = 1000
+#: pairs a gallery's threshold slider carries (12 bytes each, 16 in base64); above it only the pairs at
+#: or above the check's own threshold travel, and the slider's floor rises to that threshold
+MAX_SLIDER_PAIRS = 2_000_000
 
 
 def write_html_report(report: Report, out_dir: str | os.PathLike, *, coords: Any = None, neighbors: Any = None,
@@ -204,16 +221,18 @@ def _payload(report: Report, xy: np.ndarray | None, coords: Any, nn: np.ndarray 
     labels, label_names = _codes(_column(s, "label"))
     splits, split_names = _codes(_column(s, "split"))
     ids = _strings(s["id"]) if "id" in s.column_names else [str(r) for r in range(n)]
+    group = _group_codes(s, summary=report.summary)
     cols: dict[str, Any] = {
         "id": ids,
         "path": _strings(_column(s, "path")),
         "label": _b64(labels),
         "split": _b64(splits),
         "flags": _b64(mask),
+        "group": group[0] if group else None,
         "scores": {c[:-6]: _b64(_floats(s[c])) for c in s.column_names if c.endswith("_score")},
     }
     declared, panels = report.views()
-    galleries = {name: _gallery(report, declared.get(name) or {"kind": "samples"}) for name in issues}
+    galleries = {name: _gallery(report, declared.get(name) or {"kind": "samples"}, name) for name in issues}
     summary = report.summary
     proj = summary.get("projection") or {}
     meta = {
@@ -243,6 +262,7 @@ def _payload(report: Report, xy: np.ndarray | None, coords: Any, nn: np.ndarray 
         "issue_types": issues,
         "labels": label_names,
         "splits": split_names,
+        "group": group[1] if group else None,
         "columns": cols,
         "fields": _fields(s, [g for g in galleries.values()]),
         "coords": _b64(xy) if xy is not None else None,
@@ -274,19 +294,31 @@ def _ints(table: pa.Table, name: str, dtype: Any, default: int = 0) -> str:
     return _b64(np.asarray(values.fill_null(filler).to_numpy(zero_copy_only=False)).astype(dtype))
 
 
-def _gallery(report: Report, spec: dict) -> dict:
-    """The data a gallery of ``spec``'s kind needs; a gallery whose table is missing is a sample list."""
+def _group_codes(samples: pa.Table, summary: dict) -> tuple[str, dict] | None:
+    """The samples' ``group`` column (the image each row comes from) as base64 int32 codes (-1 = none),
+    and ``{"caption": the store's column name, "names": [...]}``; None without one."""
+    if "group" not in samples.column_names or samples["group"].null_count == samples.num_rows:
+        return None
+    codes, names = _codes(samples["group"])
+    caption = str((summary.get("store", {}).get("columns") or {}).get("groups") or "group")
+    return _b64(codes), {"caption": caption, "names": names}
+
+
+def _gallery(report: Report, spec: dict, name: str = "") -> dict:
+    """The data a gallery of ``spec``'s kind needs; a gallery whose table is missing is a sample list.
+    ``name``: the issue type (the check) whose summary a slider reads."""
     kind = spec.get("kind")
     table = report.tables.get(spec.get("table") or "")
     if kind in ("groups", "pairs") and table is not None:
         table = _where(table, spec.get("where"))
-    if kind == "groups" and table is not None and table.num_rows and \
+    slider = _slider(report, spec, name) if kind == "groups" else None
+    if kind == "groups" and table is not None and (table.num_rows or slider) and \
             {"group_id", "row"} <= set(table.column_names):
         facts = _member_facts(table, spec)
         for gid, more in (_facts(report, spec) or {}).items():
             facts.setdefault(gid, []).extend(more)
         return {**spec, "group_id": _ints(table, "group_id", np.int32), "row": _ints(table, "row", np.int32),
-                "keep": _ints(table, "keep", np.uint8), "facts": facts}
+                "keep": _ints(table, "keep", np.uint8), "facts": facts, "slider": slider}
     if kind == "pairs" and table is not None and table.num_rows and \
             {"row_a", "row_b", spec.get("value")} <= set(table.column_names):
         value = _floats(table[spec["value"]])
@@ -296,6 +328,57 @@ def _gallery(report: Report, spec: dict) -> dict:
                 "values": _b64(value[order]), "n_total": table.num_rows}
     fields = spec.get("fields") if kind == "samples" else ([spec["field"]] if spec.get("field") else [])
     return {"kind": "samples", "fields": fields or [], "score_caption": spec.get("score_caption", "score")}
+
+
+def _slider(report: Report, spec: dict, name: str) -> dict | None:
+    """The pairs a groups gallery's threshold slider regroups (see the module docstring), or
+    ``{"note": why}`` when they are too many, or None when the gallery declares no slider, the
+    report lacks its table (an older report) or the table holds no pair."""
+    slider = spec.get("slider")
+    if not slider:
+        return None
+    table = report.tables.get(slider.get("table") or "")
+    checked = report.summary.get("checks", {}).get(name, {})
+    threshold = checked.get(slider.get("threshold") or "")
+    value = slider.get("value")
+    if table is None or threshold is None or not {"row_a", "row_b", value} <= set(table.column_names):
+        return None
+    lowest = checked.get(slider.get("lowest") or "")
+    floor = min(float(threshold), float(lowest)) if lowest is not None else float(threshold)
+    sim = _floats(table[value])
+    a = np.asarray(table["row_a"].to_numpy(zero_copy_only=False), dtype=np.int32)
+    b = np.asarray(table["row_b"].to_numpy(zero_copy_only=False), dtype=np.int32)
+    carried = sim >= np.float32(floor)
+    if carried.sum() > MAX_SLIDER_PAIRS:
+        floor = float(threshold)
+        carried = sim >= np.float32(floor)
+        if carried.sum() > MAX_SLIDER_PAIRS:
+            return {"note": f"No threshold slider: {int(carried.sum()):,} pairs at the threshold "
+                            f"{float(threshold):g}, more than the page carries ({MAX_SLIDER_PAIRS:,})."}
+    if not carried.any():
+        return None
+    a, b, sim = a[carried], b[carried], sim[carried]
+    order = np.lexsort((b, a, -sim))        # largest similarity first: the pairs at any threshold are a prefix
+    policy = (checked.get("params") or {}).get(slider.get("keep_param") or "")
+    return {"row_a": _b64(a[order]), "row_b": _b64(b[order]), "values": _b64(sim[order]),
+            "threshold": float(threshold), "key": slider.get("threshold"), "floor": floor,
+            "lowest": float(lowest) if lowest is not None else floor,
+            "n_table": table.num_rows, "keep_policy": None if policy is None else _text(policy),
+            "id_rank": _id_rank(report.samples)}
+
+
+def _id_rank(samples: pa.Table) -> str | None:
+    """Each row's place in the ids' ascending order (ties by row) as base64 int32, or None where the
+    ids are in row order (or absent): the order a group's ``first`` member is chosen by."""
+    if "id" not in samples.column_names or samples.num_rows == 0:
+        return None
+    ids = samples["id"].combine_chunks()
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(ids.type.value_type)
+    rank = np.asarray(pc.rank(ids, sort_keys="ascending", tiebreaker="first"), dtype=np.int64) - 1
+    if np.array_equal(rank, np.arange(len(rank))):
+        return None
+    return _b64(rank.astype(np.int32))
 
 
 def _member_facts(table: pa.Table, spec: dict) -> dict:

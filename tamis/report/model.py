@@ -28,6 +28,8 @@ class Report:
     exclusions : ``row``, ``id``, ``path``, ``reason``, ``score`` of every row the keep policies drop
     tables : the tables checks reported, by name
     knn : the run's neighbour graph in input rows, ``(rows, indices, similarities)``, or None
+    index : what ``index/`` becomes (``--save-index``): the scan's
+        :class:`~tamis.io.index_file.IndexData`, or the index folder of a report read back; or None
     """
 
     samples: pa.Table
@@ -35,6 +37,7 @@ class Report:
     exclusions: pa.Table
     tables: dict[str, pa.Table] = field(default_factory=dict)
     knn: tuple | None = None
+    index: object | None = None
 
     @property
     def issue_types(self) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..io.atomic import atomic_path, move_into_place, staged_folder
 from ..io.images import check_image_root, open_inside, resolve_inside, store_folder
+from ..io.labels import encode
 from .model import Report
 
 log = logging.getLogger("tamis")
@@ -43,7 +44,9 @@ def image_root(report: Report, image_root: str | os.PathLike | None) -> Path | N
 
 def _thumbnail_order(report: Report) -> list[int]:
     """Rows that get a thumbnail first: each issue type's flagged rows worst first, taking turns
-    across types (duplicate groups member by member), then every other row in input order."""
+    across types (duplicate groups member by member), then, with a group column, the other rows
+    of those rows' groups (the other crops of a flagged crop's image, which its side panel lists),
+    then every other row in input order."""
     s = report.samples
     queues = []
     for name in report.issue_types:
@@ -59,6 +62,13 @@ def _thumbnail_order(report: Report) -> list[int]:
             if i < len(q) and q[i] not in seen:
                 seen.add(q[i])
                 order.append(q[i])
+    if "group" in s.column_names and order:
+        codes, _ = encode(s["group"])
+        wanted = np.zeros(int(codes.max()) + 2, dtype=bool)
+        wanted[codes[order]] = True
+        wanted[-1] = False                                   # code -1: no group
+        order.extend(r for r in np.flatnonzero(wanted[codes]).tolist() if r not in seen)
+        seen.update(order)
     order.extend(r for r in range(s.num_rows) if r not in seen)
     return order
 

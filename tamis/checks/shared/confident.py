@@ -182,7 +182,7 @@ def class_probabilities(ctx, owner: str, source: str = "auto", k: int | None = N
     Measured on the realistic bench store (100k x 512, 100 classes, 5 % noise, 70 % of it to a
     sibling class), average precision of the self-confidence ranking: neighbour votes 0.814,
     the probe 0.877, their product 0.892 (their arithmetic mean 0.884)."""
-    from ...engine.artifacts import neighbours, resolve_k
+    from ...engine.artifacts import neighbour_codes, neighbours, resolve_k
     from ...errors import InputError
     from .probe import probe_probabilities
 
@@ -198,7 +198,7 @@ def class_probabilities(ctx, owner: str, source: str = "auto", k: int | None = N
         if chosen_k is not None:
             idx, sims = neighbours(ctx, chosen_k)
             prior = np.bincount(y, minlength=n_classes) / max(1, len(y))
-            probs.append(knn_probabilities(y[idx], sims, n_classes, prior, smoothing))
+            probs.append(knn_probabilities(neighbour_codes(ctx, idx), sims, n_classes, prior, smoothing))
             used.append("neighbours")
         if use_probe:
             with ctx.timed("artifact:probe"):

@@ -48,10 +48,24 @@
   const nnRows = D.neighbors ? i32(D.neighbors.rows) : null;
   const hasThumb = new Uint8Array(N);
   for (const r of D.thumbs) hasThumb[r] = 1;
+  // the group column (the image an object crop comes from): codes into D.group.names, -1 = none;
+  // groupRows[groupStart[g] .. groupStart[g + 1]) are the rows of group g, ascending
+  const groupCode = C.group ? i32(C.group) : null;
+  const GROUP = D.group || { caption: "group", names: [] };
+  let groupStart = null, groupRows = null;
+  if (groupCode) {
+    groupStart = new Int32Array(GROUP.names.length + 1);
+    for (let r = 0; r < N; r++) if (groupCode[r] >= 0) groupStart[groupCode[r] + 1]++;
+    for (let g = 0; g < GROUP.names.length; g++) groupStart[g + 1] += groupStart[g];
+    groupRows = new Int32Array(groupStart[GROUP.names.length]);
+    const fill = groupStart.slice(0, GROUP.names.length);
+    for (let r = 0; r < N; r++) if (groupCode[r] >= 0) groupRows[fill[groupCode[r]]++] = r;
+  }
 
   const labelOf = (r) => (labelCode[r] >= 0 ? LABELS[labelCode[r]] : "(no label)");
   const splitOf = (r) => (splitCode[r] >= 0 ? SPLITS[splitCode[r]] : "");
   const idOf = (r) => (ids[r] == null ? String(r) : ids[r]);
+  const groupOf = (r) => (groupCode && groupCode[r] >= 0 ? GROUP.names[groupCode[r]] : null);
   // the value of a declared field for row r, or null
   function fieldOf(column, r) {
     if (column === "label") return labelCode[r] >= 0 ? LABELS[labelCode[r]] : null;
@@ -177,14 +191,32 @@
   app.append(header, main);
 
   // ------------------------------------------------------------------ summary
+  const countRows = {}, countSpans = {};   // where each issue's count is shown: the card, the tabs, the map's toggles
+  function countCells(count) {
+    const frac = N ? count / N : 0;
+    return [h("td", { class: "num", text: fmtInt(count) }),
+      h("td", null, h("span", { class: "bar bad", style: "width:" + Math.max(count ? 2 : 0, Math.round(frac * 160)) + "px" }),
+        (100 * frac).toFixed(1) + "%")];
+  }
+  const countSpan = (name) => {
+    const count = D.summary.issues[name];
+    const span = h("span", { class: "count", text: count != null ? " (" + fmtInt(count) + ")" : "" });
+    (countSpans[name] = countSpans[name] || []).push(span);
+    return span;
+  };
+  function setIssueCount(name, count) {   // a gallery's slider regrouped the issue's rows
+    D.summary.issues[name] = count;
+    const tr = countRows[name];
+    if (tr) tr.replaceChildren(tr.firstChild, ...countCells(count));
+    for (const span of countSpans[name] || []) span.textContent = " (" + fmtInt(count) + ")";
+  }
   function issuesCard() {
     const tbody = h("tbody");
     const entries = Object.entries(D.summary.issues);
     for (const [name, count] of entries) {
-      const frac = N ? count / N : 0;
-      tbody.append(h("tr", null, h("td", { text: name }), h("td", { class: "num", text: fmtInt(count) }),
-        h("td", null, h("span", { class: "bar bad", style: "width:" + Math.max(count ? 2 : 0, Math.round(frac * 160)) + "px" }),
-          (100 * frac).toFixed(1) + "%")));
+      const tr = h("tr", { "data-issue": name }, h("td", { text: name }), ...countCells(count));
+      countRows[name] = tr;
+      tbody.append(tr);
     }
     const card = h("div", null, h("h2", { text: "Issues" }),
       h("table", { class: "data", id: "issue-counts" },
@@ -259,6 +291,8 @@
     card.append(canvas, h("p", { class: "note", text: p.note + (p.marker_value != null ? " (" + p.marker + " " + fmt(p.marker_value, 3) + ")" : "") }));
     const hist = { edges: p.edges, counts: p.counts, threshold: p.marker_value, label: p.marker };
     new ResizeObserver(() => drawHistogram(canvas, hist)).observe(canvas);
+    markers.push({ check: p.check, key: p.marker, value: () => hist.threshold,
+      move: (v) => { hist.threshold = v; drawHistogram(canvas, hist); } });
     return card;
   }
 
@@ -278,6 +312,7 @@
   }
 
   const PANELS = { crosstab: crosstabCard, histogram: histogramCard, table: tableCard };
+  const markers = [];   // histogram lines at a check's summary value (a slider moves its own)
 
   function drawHistogram(canvas, hist) {
     const dpr = window.devicePixelRatio || 1;
@@ -358,12 +393,7 @@
       }
       if (flags[r]) nFlag++; else nClean++;
     }
-    S.clean = new Int32Array(nClean); S.flagged = new Int32Array(nFlag);
-    let a = 0, b = 0;
-    for (let r = 0; r < N; r++) {
-      if (!hasPoint(r)) continue;
-      if (flags[r]) S.flagged[b++] = r; else S.clean[a++] = r;
-    }
+    sortPoints();
     S.n = nClean + nFlag;
     if (!S.n) { scatterSection.append(h("p", { class: "muted", text: "No row has a point on the map." })); return; }
     if (DIMS === 3) {
@@ -398,9 +428,8 @@
         S.enabled = box.checked ? (S.enabled | bitOf(name)) >>> 0 : (S.enabled & ~bitOf(name)) >>> 0;
         requestDraw(true);
       });
-      const count = D.summary.issues[name];
       tools.append(h("label", null, box, h("span", { class: "swatch", style: "background:" + css(issueRgb(i)) }),
-        name + (count != null ? " (" + fmtInt(count) + ")" : "")));
+        name, countSpan(name)));
     });
     tools.append(h("button", { type: "button", id: "reset-view", onclick: () => { fitView(); requestDraw(true); } }, "Reset view"), statusEl);
     scatterSection.append(tools);
@@ -416,6 +445,30 @@
     canvas.addEventListener("pointerup", onUp);
     canvas.addEventListener("pointerleave", () => { if (!S.drag) setHover(-1, 0, 0); });
     canvas.addEventListener("wheel", onWheel, { passive: false });
+  }
+
+  // rows with a point, flagged ones apart: drawn last, so issues stay visible
+  function sortPoints() {
+    let nClean = 0, nFlag = 0;
+    for (let r = 0; r < N; r++) if (hasPoint(r)) { if (flags[r]) nFlag++; else nClean++; }
+    S.clean = new Int32Array(nClean); S.flagged = new Int32Array(nFlag);
+    let a = 0, b = 0;
+    for (let r = 0; r < N; r++) {
+      if (!hasPoint(r)) continue;
+      if (flags[r]) S.flagged[b++] = r; else S.clean[a++] = r;
+    }
+  }
+  // the rows of issue ``name`` are now ``rows`` (a gallery's slider regrouped them): flags, colours, map
+  function setIssueRows(name, rows) {
+    const bit = bitOf(name), off = ~bit;
+    for (let r = 0; r < N; r++) flags[r] &= off;
+    for (let i = 0; i < rows.length; i++) flags[rows[i]] |= bit;
+    setIssueCount(name, rows.length);
+    if (!coords || !S.n) return;
+    sortPoints();
+    recolor();
+    requestDraw(true);
+    redrawOverlay();
   }
 
   function hasPoint(r) {
@@ -673,8 +726,10 @@
       if (v != null) field(FIELDS[col].caption, v, col);
     }
     if (SPLITS.length) field("split", splitOf(r) || "\u2014", "split");
+    if (groupOf(r) != null) field(GROUP.caption, groupOf(r), "group");
     if (!(coords && hasPoint(r))) field("map", "no point (no usable embedding or no projection)", "map");
     kids.push(dl);
+    if (groupOf(r) != null) kids.push(...siblings(r));
     const fl = h("div");
     ISSUES.forEach((name) => { if (flags[r] & bitOf(name)) fl.append(h("span", { class: "flag", text: name })); });
     if (fl.childNodes.length) kids.push(fl);
@@ -701,6 +756,29 @@
     refreshSelection();
   }
 
+  // the other rows of r's group (the other crops of its image), thumbnails where there are some
+  const MAX_SIBLINGS = 48;
+  function siblings(r) {
+    const g = groupCode[r];
+    const others = [];
+    for (let i = groupStart[g]; i < groupStart[g + 1]; i++) if (groupRows[i] !== r) others.push(groupRows[i]);
+    const head = h("h3", { text: "Other rows of " + GROUP.caption + " " + GROUP.names[g] + " (" + fmtInt(others.length) + ")" });
+    if (!others.length) return [head, h("p", { class: "muted", id: "panel-siblings", text: "none: the only row of its " + GROUP.caption }) ];
+    const box = h("div", { class: "siblings", id: "panel-siblings" });
+    for (const q of others.slice(0, MAX_SIBLINGS)) {
+      const c = h("div", { class: "sibling", "data-row": String(q), title: paths[q] == null ? idOf(q) : paths[q], onclick: () => select(q) });
+      c.append(hasThumb[q] ? h("img", { class: "thumb", src: thumbSrc(q), alt: "", loading: "lazy" })
+        : h("div", { class: "nothumb", text: paths[q] == null ? "no path" : "no thumbnail" }));
+      const f = flags[q] ? ISSUES.filter((name) => flags[q] & bitOf(name)) : [];
+      c.append(h("div", { class: "lbl", text: labelOf(q) }), h("div", { class: "sub", text: "#" + q + " \u00b7 " + idOf(q) }));
+      if (f.length) c.append(h("div", { class: "sub flagged", text: f.join(", ") }));
+      box.append(c);
+    }
+    const out = [head, box];
+    if (others.length > MAX_SIBLINGS) out.push(h("p", { class: "note", text: "The first " + MAX_SIBLINGS + " of " + fmtInt(others.length) + "." }));
+    return out;
+  }
+
   // ------------------------------------------------------------------ galleries
   const galleries = h("section", { id: "galleries" }, h("h2", { text: "Issues, worst first" }));
   main.append(galleries);
@@ -714,6 +792,7 @@
     c.append(hasThumb[r] ? h("img", { class: "thumb", src: thumbSrc(r), alt: "", loading: "lazy" })
       : h("div", { class: "nothumb", text: paths[r] == null ? "no path" : "no thumbnail" }));
     c.append(h("div", { class: "lbl", text: labelOf(r) }), h("div", { class: "sub", text: idOf(r) }));
+    if (groupOf(r) != null) c.append(h("div", { class: "sub group-of", title: GROUP.caption, text: GROUP.caption + ": " + groupOf(r) }));
     for (const x of extras || []) c.append(x);
     c.append(excludeButton([r], "Exclude", c));
     c.addEventListener("click", () => select(r));
@@ -762,35 +841,155 @@
     sampleList(name, pane, (r) => fieldLines(spec.fields, r).concat(scoreLine(spec, name)(r)));
   }
 
+  const GROUP_CARDS = 60;   // cards shown at first per group
   function groupsGallery(spec, name, pane) {
     const gid = i32(spec.group_id), row = i32(spec.row), keep = bytes(spec.keep);
-    const all = new Map();
+    const declared = new Map();   // the check's own groups, by id
     for (let i = 0; i < gid.length; i++) {
-      let g = all.get(gid[i]);
-      if (!g) { g = { id: gid[i], rows: [], keep: [] }; all.set(gid[i], g); }
+      let g = declared.get(gid[i]);
+      if (!g) { g = { id: gid[i], rows: [], keep: [], facts: (spec.facts || {})[String(gid[i])] || [] }; declared.set(gid[i], g); }
       g.rows.push(row[i]); g.keep.push(!!keep[i]);
     }
-    const groupScore = (g) => Math.min(...g.rows.map((r) => scoreKey(name, r)));
-    const list = Array.from(all.values());
-    list.sort((a, b) => groupScore(a) - groupScore(b) || a.id - b.id);
-    const facts = spec.facts || {};
-    pane.append(h("p", { class: "note", text: fmtInt(list.length) + " groups" + (spec.exclude === "copies" ?
-      "; \u201cExclude copies\u201d excludes every member but the one tamis keeps." : ".") }));
+    const groupScore = (g) => {   // worst member's score, computed once per group
+      if (g.score === undefined) { let m = Infinity; for (const r of g.rows) m = Math.min(m, scoreKey(name, r)); g.score = m; }
+      return g.score;
+    };
+    const count = h("p", { class: "note group-count" });
     const box = h("div");
-    const p = paged(box, list, (g) => {
+    const moreSlot = h("div");
+    function renderGroup(g) {
       const copies = g.rows.filter((r, i) => !g.keep[i]);
       const targets = spec.exclude === "copies" && copies.length ? copies : g.rows.slice();
       const head = h("div", { class: "group-head" }, h("strong", { text: "Group " + g.id }),
         h("span", { text: g.rows.length + " rows" }));
-      for (const [caption, text] of facts[String(g.id)] || []) head.append(h("span", { class: "muted", text: text ? caption + ": " + text : caption }));
+      for (const [caption, text] of g.facts) head.append(h("span", { class: "muted", text: text ? caption + ": " + text : caption }));
+      if (g.fresh) head.append(h("span", { class: "muted", text: "not a group at the scan\u2019s threshold" }));
       head.append(excludeButton(targets, targets.length < g.rows.length ? "Exclude copies" : "Exclude group"));
       const cards = h("div", { class: "cards" });
-      g.rows.forEach((r, i) => cards.append(card(r, spec.exclude === "copies" && g.keep[i] ? [sub("kept", "kept")] : scoreLine(spec, name)(r))));
-      return h("div", { class: "group", "data-group": String(g.id) }, head, cards);
-    }, 40);
-    pane.append(box, p.more);
-    p.next();
+      const member = (i) => card(g.rows[i], spec.exclude === "copies" && g.keep[i] ? [sub(g.keptBy || "kept", "kept")] : scoreLine(spec, name)(g.rows[i]));
+      // a large group (a chain at a low threshold) shows its kept member and the first rows, and more on demand
+      let order = g.rows.map((_, i) => i);
+      if (order.length > GROUP_CARDS) order = order.filter((i) => g.keep[i]).concat(order.filter((i) => !g.keep[i]));
+      const p = paged(cards, order, member, GROUP_CARDS);
+      p.next();
+      return h("div", { class: "group", "data-group": String(g.id) }, head, cards, p.more);
+    }
+    function show(list, extra) {
+      list.sort((a, b) => groupScore(a) - groupScore(b) || a.id - b.id);
+      let rows = 0;
+      for (const g of list) rows += g.rows.length;
+      count.textContent = fmtInt(list.length) + " groups, " + fmtInt(rows) + " rows" + (extra || "") + (spec.exclude === "copies" ?
+        "; \u201cExclude copies\u201d excludes every member but the one kept." : ".");
+      box.replaceChildren();
+      const p = paged(box, list, renderGroup, 40);
+      moreSlot.replaceChildren(p.more);
+      p.next();
+    }
+    const sl = spec.slider;
+    if (sl && sl.note) pane.append(h("p", { class: "note", text: sl.note }));
+    if (sl && sl.values != null) pane.append(thresholdSlider(sl, name, declared, show));
+    pane.append(count, box, moreSlot);
+    show(Array.from(declared.values()));
   }
+
+  // A slider over a groups gallery: the check's pairs, largest value first, regrouped at t in the
+  // page (union-find; a group's id its smallest row). A group the check found keeps the check's
+  // choice; another keeps the member with the smallest id (the check's "first" policy). The
+  // issue's flags, its counts and the map follow; tamis' exclusion list stays the scan's.
+  function thresholdSlider(sl, name, declared, show) {
+    const a = i32(sl.row_a), b = i32(sl.row_b), val = f32(sl.values);
+    const rank = sl.id_rank ? i32(sl.id_rank) : null;
+    const parent = new Int32Array(N), seen = new Uint32Array(N);
+    let epoch = 0;
+    // rows the check flagged outside its groups (e.g. for a match elsewhere) stay flagged at every t
+    const inGroup = new Uint8Array(N), outside = [];
+    for (const g of declared.values()) for (const r of g.rows) inGroup[r] = 1;
+    for (let r = 0; r < N; r++) if ((flags[r] & bitOf(name)) && !inGroup[r]) outside.push(r);
+    const find = (x) => { while (parent[x] !== x) { parent[x] = parent[parent[x]]; x = parent[x]; } return x; };
+    // the groups at t: [{id, rows (ascending), keep, ...}], and every row in one
+    function groupsAt(t) {
+      const tf = Math.fround(t);
+      let lo = 0, hi = val.length;
+      while (lo < hi) { const m = (lo + hi) >>> 1; if (val[m] >= tf) lo = m + 1; else hi = m; }
+      const m = lo;
+      epoch++;
+      const touched = [];
+      for (let i = 0; i < m; i++) {
+        const p = a[i], q = b[i];
+        if (seen[p] !== epoch) { seen[p] = epoch; parent[p] = p; touched.push(p); }
+        if (seen[q] !== epoch) { seen[q] = epoch; parent[q] = q; touched.push(q); }
+      }
+      for (let i = 0; i < m; i++) {
+        const ra = find(a[i]), rb = find(b[i]);
+        if (ra < rb) parent[rb] = ra; else if (rb < ra) parent[ra] = rb;   // the root is the smallest row
+      }
+      const rows = Int32Array.from(touched).sort();
+      const flagged = outside.length ? Int32Array.from(touched.concat(outside.filter((r) => seen[r] !== epoch))).sort() : rows;
+      const byId = new Map();
+      for (const r of rows) {
+        const root = find(r);
+        let g = byId.get(root);
+        if (!g) { g = { id: root, rows: [] }; byId.set(root, g); }
+        g.rows.push(r);
+      }
+      const list = [];
+      for (const g of byId.values()) {
+        const own = declared.get(g.id);
+        if (own && own.rows.length === g.rows.length) { list.push(own); continue; }   // the same rows: the check's group
+        let best = 0;
+        for (let i = 1; i < g.rows.length; i++) {
+          const r = g.rows[i], q = g.rows[best];
+          if ((rank ? rank[r] - rank[q] : r - q) < 0) best = i;
+        }
+        g.keep = g.rows.map((_, i) => i === best);
+        g.facts = []; g.fresh = true; g.keptBy = "kept (first id)";
+        list.push(g);
+      }
+      return { list, rows, flagged, pairs: m };
+    }
+    const digits = Math.max(3, (String(sl.threshold).split(".")[1] || "").length);
+    const range = h("input", { type: "range", class: "threshold", min: String(sl.floor), max: "1", step: "any",
+      value: String(sl.threshold), "aria-label": "threshold" });
+    const number = h("input", { type: "number", class: "threshold-value", min: String(sl.floor), max: "1", step: "0.001",
+      value: String(sl.threshold), "aria-label": "threshold value" });
+    const reset = h("button", { type: "button", class: "threshold-reset" }, "Back to " + sl.threshold);
+    const state = h("span", { class: "muted threshold-state" });
+    let current = sl.threshold, pending = false;
+    function apply(t) {
+      t = Math.min(1, Math.max(sl.floor, t));
+      if (!(t === t)) return;
+      current = t;
+      range.value = String(t);
+      number.value = String(t);
+      const res = groupsAt(t);
+      const at = t === sl.threshold;
+      state.textContent = fmtInt(res.pairs) + " pairs \u2265 " + t.toFixed(digits) + (at ? " (the scan\u2019s threshold)" : "");
+      show(res.list, at ? "" : " at " + t.toFixed(digits) + " (the scan: " + sl.threshold + ")");
+      setIssueRows(name, res.flagged);
+      for (const mk of markers) if (mk.check === name && mk.key === sl.key) mk.move(t);
+    }
+    // dragging: thousandths, and the scan's own threshold when within half of one
+    const snap = (v) => (Math.abs(v - sl.threshold) < 0.0005 ? sl.threshold : Math.round(v * 1000) / 1000);
+    range.addEventListener("input", () => {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => { pending = false; const t = snap(parseFloat(range.value)); if (t !== current) apply(t); });
+    });
+    number.addEventListener("change", () => apply(parseFloat(number.value)));
+    reset.addEventListener("click", () => apply(sl.threshold));
+    sliders[name] = apply;
+    let policy = "A group the scan did not find keeps the member with the smallest id";
+    if (sl.keep_policy && sl.keep_policy !== "first") policy += " (the scan keeps by \u201c" + sl.keep_policy + "\u201d, which needs data this page lacks)";
+    const floorNote = sl.floor > sl.lowest ? " (the scan found " + fmtInt(sl.n_table) + " pairs from " + sl.lowest +
+      ", more than the page carries: the slider starts at the scan\u2019s threshold)" : "";
+    return h("div", { class: "slider", "data-issue": name },
+      h("label", null, "threshold ", range), number, reset, state,
+      h("p", { class: "note", text: "Regroups the " + fmtInt(val.length) + " pairs at or above " + sl.floor + floorNote +
+        " in this page; the counts, the map and this gallery follow" +
+        (outside.length ? " (the " + fmtInt(outside.length) + " rows the scan flagged outside its groups stay flagged)" : "") + ". " + policy +
+        ". tamis\u2019 exclusion list stays the scan\u2019s." }));
+  }
+  const sliders = {};   // issue -> apply(t), for the automation hook
 
   function pairsGallery(spec, name, pane) {
     const a = i32(spec.row_a), b = i32(spec.row_b), val = f32(spec.values);
@@ -829,9 +1028,8 @@
   }
   if (!ISSUES.length) galleries.append(h("p", { class: "muted", text: "No check ran." }));
   for (const name of ISSUES) {
-    const count = D.summary.issues[name];
     tabs.append(h("button", { type: "button", role: "tab", "data-issue": name, onclick: () => openTab(name) },
-      name + (count != null ? " (" + fmtInt(count) + ")" : "")));
+      name, countSpan(name)));
   }
   if (ISSUES.length) openTab(ISSUES.find((n) => D.summary.issues[n] > 0) || ISSUES[0]);
 
@@ -856,6 +1054,10 @@
       return pickAt((clientX - rect.left) * (S.W / rect.width), (clientY - rect.top) * (S.H / rect.height));
     },
     select,
+    // move a gallery's threshold slider (its pane is opened first); false where the issue has none
+    setThreshold(name, t) { openTab(name); if (!sliders[name]) return false; sliders[name](t); return true; },
+    markers: () => markers.map((m) => ({ check: m.check, key: m.key, value: m.value() })),
+    flagged(name) { const bit = bitOf(name), out = []; for (let r = 0; r < N; r++) if (flags[r] & bit) out.push(r); return out; },
     excluded: () => Array.from(excluded).sort((a, b) => a - b),
     excludeLines,
   };
