@@ -104,13 +104,11 @@ def test_only_planted_pairs_are_near_duplicates(small):
     assert found == planted
 
 
-def test_truth_rows_in_range_and_disjoint(small):
-    cfg, s = small
-    t = s.truth
-    rows = {k: set(t[k]["rows"]) for k in ("exact_duplicate", "near_duplicate", "leakage",
-                                           "label_error", "outlier", "invalid")}
+def _rows_in_range_and_disjoint(n: int, t: dict, kinds) -> dict:
+    """Every planted row in range, listed once, in one issue type only; pair truth consistent."""
+    rows = {k: set(t[k]["rows"]) for k in kinds}
     for k, r in rows.items():
-        assert all(0 <= i < cfg.n for i in r), k
+        assert all(0 <= i < n for i in r), k
         assert len(t[k]["rows"]) == len(r), f"{k} has repeated rows"
     names = list(rows)
     for i, x in enumerate(names):
@@ -120,6 +118,14 @@ def test_truth_rows_in_range_and_disjoint(small):
     for k in PAIR_TYPES:
         assert set(t[k]["excluded_rows"]) <= set(t[k]["rows"])
         assert not set(t[k]["ignore_rows"]) & set(t[k]["rows"])
+    return rows
+
+
+def test_truth_rows_in_range_and_disjoint(small):
+    cfg, s = small
+    t = s.truth
+    _rows_in_range_and_disjoint(cfg.n, t, ("exact_duplicate", "near_duplicate", "leakage", "label_error",
+                                           "outlier", "invalid"))
     counts = t["meta"]["planted_counts"]
     assert len(t["exact_duplicate"]["pairs"]) == counts["exact_duplicate"]
     assert len(t["label_error"]["rows"]) == counts["label_error"] == round(0.03 * cfg.n)
@@ -442,17 +448,7 @@ def test_realistic_outliers_are_random_directions(real):
 def test_realistic_truth_is_consistent(real):
     cfg, s = real
     t = s.truth
-    rows = {k: set(t[k]["rows"]) for k in ROW_ISSUES}
-    for k, r in rows.items():
-        assert all(0 <= i < cfg.n for i in r), k
-        assert len(t[k]["rows"]) == len(r), f"{k} has repeated rows"
-    names = list(rows)
-    for i, x in enumerate(names):
-        for y in names[i + 1:]:
-            assert not rows[x] & rows[y], (x, y)
-    assert set(t["conflicting_labels"]["rows"]) <= rows["near_duplicate"]
-    for k in PAIR_TYPES:
-        assert set(t[k]["excluded_rows"]) <= set(t[k]["rows"])
+    rows = _rows_in_range_and_disjoint(cfg.n, t, ROW_ISSUES)
     for k in (*PAIR_TYPES, *ROW_ISSUES):
         assert not set(t[k]["ignore_rows"]) & set(t[k]["rows"]), k
     assert rows["off_topic"] <= set(t["label_error"]["ignore_rows"])

@@ -4,7 +4,6 @@ that separate what the data separates (2-D, 3-D, fitted on a sample)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -28,17 +27,12 @@ from tamis.kernels.layout import (
     layout_epoch_reference,
     negative_rows,
 )
-
-HAS_UMAP = importlib.util.find_spec("umap") is not None
-needs_umap = pytest.mark.skipif(not HAS_UMAP, reason="umap-learn is not installed (pip install umap-learn)")
+from tests.test_projection import clusters as projection_clusters
+from tests.test_projection import needs_umap, neighbour_agreement
 
 
 def clusters(n=300, d=16, k=4, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d)) * 3
-    labels = rng.integers(0, k, n)
-    x = (centres[labels] + rng.normal(size=(n, d))).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+    return projection_clusters(n=n, d=d, k=k, seed=seed)
 
 
 def knn(x, k=10):
@@ -52,13 +46,6 @@ def pca(x, dims=3):
     c = x - x.mean(axis=0)
     _, _, vt = np.linalg.svd(c.astype(np.float64), full_matrices=False)
     return c @ vt[:dims].T
-
-
-def agreement(y, labels, k=5):
-    d = ((y[:, None, :] - y[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    nn = np.argsort(d, axis=1)[:, :k]
-    return float((labels[nn] == labels[:, None]).mean())
 
 
 def small_problem(m=60, e=400, dims=2, seed=0):
@@ -225,7 +212,7 @@ def test_spectral_start_spans_the_graphs_leading_eigenvectors():
     cosines = np.linalg.svd(q_ours.T @ q_ref, compute_uv=False)  # principal angles' cosines
     assert cosines.min() > 0.95
     assert np.abs(Y).max() == pytest.approx(10.0, abs=1e-2)
-    assert agreement(Y, labels) > 0.9
+    assert neighbour_agreement(Y, labels) > 0.9
 
 
 # ---------------------------------------------------------------------- whole maps
@@ -235,7 +222,7 @@ def test_map_separates_clusters_and_is_deterministic(dims):
     ind, dist = knn(x)
     y, info = umap_layout(ind, dist, pca(x), dims=dims, seed=1)
     assert y.shape == (len(x), dims) and y.dtype == np.float32 and np.isfinite(y).all()
-    assert agreement(y, labels) > 0.95
+    assert neighbour_agreement(y, labels) > 0.95
     again, _ = umap_layout(ind, dist, pca(x), dims=dims, seed=1)
     assert np.array_equal(y, again)
     other, _ = umap_layout(ind, dist, pca(x), dims=dims, seed=2)
@@ -260,7 +247,7 @@ def test_a_fitted_sample_places_the_rest_with_their_cluster():
     sample = np.sort(np.random.default_rng(0).choice(500, 150, replace=False))
     y, info = umap_layout(ind, dist, pca(x), seed=0, sample=sample, sample_graph=knn(x[sample]))
     assert np.isfinite(y).all()
-    assert agreement(y, labels) > 0.9
+    assert neighbour_agreement(y, labels) > 0.9
     assert {"sample_graph", "place", "refine"} <= set(info.seconds)
     whole, _ = umap_layout(ind, dist, pca(x), seed=0)
     assert not np.array_equal(y, whole)
@@ -311,4 +298,4 @@ def test_layout_on_every_backend(device):
     x, labels = clusters(n=200)
     ind, dist = knn(x)
     y, _ = umap_layout(ind, dist, pca(x), seed=0, xp=xp)
-    assert agreement(y, labels) > 0.95
+    assert neighbour_agreement(y, labels) > 0.95
