@@ -77,8 +77,8 @@ def write_html_report(report: Report, out_dir: str | os.PathLike, *, coords: Any
     report : the scan's :class:`~tamis.report.model.Report`.
     out_dir : folder of the report (created if needed).
     coords : optional (N, 2 or 3) array of map coordinates, one row per input row, NaN where a
-        row has none (an invalid embedding); the first two axes are drawn. Default: the map the
-        scan stored in the samples (``<method>_x``, ``_y``), when it made one.
+        row has none (an invalid embedding); a 3-D map is drawn rotatable. Default: the map the
+        scan stored in the samples (``<method>_x``, ``_y``, ``_z``), when it made one.
     neighbors : optional (N, k) int array: each input row's nearest input rows, -1 = none.
         Default: the report's neighbour graph, when a check built one.
     image_root : folder the samples' paths are resolved against and confined to.
