@@ -315,3 +315,25 @@ def test_product_of_sources_ranks_flips_better_than_neighbour_votes_alone():
         aps[evidence] = average_precision_score(positive[keep], -score[keep])
     assert aps["probe"] > aps["neighbours"] + 0.02, aps
     assert aps["neighbours+probe"] > aps["neighbours"] + 0.02, aps
+
+
+def test_probe_with_a_fold_that_trains_on_nothing_gives_the_uniform_distribution():
+    from tamis.checks.shared.probe import probe_probabilities
+
+    P = probe_probabilities(np.ones((1, 4), dtype=np.float32), np.array([0]), 3, folds=5)
+    assert np.isfinite(P).all() and np.allclose(P, 1 / 3, atol=1e-5)
+
+
+def test_combine_and_strongest_other_in_blocks_equal_the_whole_computation(monkeypatch):
+    rng = np.random.default_rng(0)
+    a, b = rng.dirichlet(np.ones(7), 500).astype(np.float32), rng.dirichlet(np.ones(7), 500).astype(np.float32)
+    y = rng.integers(0, 7, 500)
+    whole = confident.combine([a, b])
+    other = confident.strongest_other(a, y)
+    monkeypatch.setattr(confident, "_VOTE_BLOCK_CELLS", 7 * 13)     # 13 rows a block
+    assert np.allclose(confident.combine([a, b]), whole, atol=1e-7)
+    geo = np.sqrt(a.astype(np.float64) * b)
+    assert np.allclose(whole, geo / geo.sum(axis=1, keepdims=True), atol=1e-6)
+    masked = a.astype(np.float64).copy()
+    masked[np.arange(500), y] = -np.inf
+    assert np.array_equal(confident.strongest_other(a, y), other) and np.array_equal(other, masked.max(axis=1))

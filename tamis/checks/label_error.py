@@ -44,7 +44,13 @@ import pyarrow as pa
 
 from ..config import Interval, Options
 from .base import Check, CheckResult, plain
-from .shared.confident import EMBEDDING_EVIDENCE, class_probabilities, disagreements, find_label_issues
+from .shared.confident import (
+    EMBEDDING_EVIDENCE,
+    class_probabilities,
+    disagreements,
+    find_label_issues,
+    strongest_other,
+)
 from .views import Field, Samples, Table
 
 
@@ -80,9 +86,7 @@ class LabelError(Check):
 
         issues, est = find_label_issues(P, y)
         self_conf = P[np.arange(len(y)), y].astype(np.float64)
-        others = P.astype(np.float64, copy=True)
-        others[np.arange(len(y)), y] = -np.inf
-        contest = self_conf / np.maximum(self_conf + others.max(axis=1), 1e-300)
+        contest = self_conf / np.maximum(self_conf + strongest_other(P, y), 1e-300)
         suggested = np.argmax(P, axis=1)
         method = self.method if self.method != "auto" else \
             "prune_or_disagree" if {"neighbours", "probe"} & set(used) else "prune_by_noise_rate"

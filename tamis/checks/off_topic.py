@@ -155,8 +155,10 @@ class OffTopic(Check):
         both = candidate[head] & candidate[tail]
         graph = sp.coo_matrix((np.ones(int(both.sum())), (head[both], tail[both])), shape=(m, m)).tocsr()
         _, component = connected_components(graph, directed=False)
-        for comp in np.unique(component[candidate]):
-            rows = np.flatnonzero(candidate & (component == comp))
+        cand_rows = np.flatnonzero(candidate)
+        order = np.argsort(component[cand_rows], kind="stable")       # candidates grouped by component
+        bounds = np.flatnonzero(np.diff(component[cand_rows][order])) + 1
+        for rows in np.split(cand_rows[order], bounds):
             if len(rows) < self.min_cluster:
                 continue
             counts = np.bincount(codes[rows])

@@ -201,7 +201,9 @@ def _orthonormal(V: np.ndarray, trivial: np.ndarray) -> np.ndarray:
 
 def _grid(V: np.ndarray) -> np.ndarray:
     """V rounded to 2**-12 of its largest entry: the principal components come from BLAS, whose last
-    bits vary with the CPU and its threads; the rounded start (and so the map) does not."""
+    bits vary with the CPU and its threads; the rounded start does not. (The epochs' float32 power
+    is NumPy's vectorised one, whose last bit may differ between instruction sets: the map is the
+    same for a seed on one machine whatever its threads and blocks, not across CPU kinds.)"""
     big = float(np.abs(V).max()) if V.size else 0.0
     if big == 0.0:
         return V

@@ -14,15 +14,17 @@ from .._optional import optional_import
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(device_id: int, source: str, names: tuple[str, ...]) -> Any:
+def _compiled(device_id: int, source: str, names: tuple[str, ...], options: tuple[str, ...]) -> Any:
     cupy = optional_import("cupy")
     with cupy.cuda.Device(device_id):
-        module = cupy.RawModule(code=source, options=("-std=c++11",), name_expressions=names)
+        module = cupy.RawModule(code=source, options=("-std=c++11", *options), name_expressions=names)
         module.compile()
     return module
 
 
-def cuda_function(source: str, names: tuple[str, ...], name: str, device_id: int) -> Any:
+def cuda_function(source: str, names: tuple[str, ...], name: str, device_id: int,
+                  options: tuple[str, ...] = ()) -> Any:
     """Kernel ``name`` of ``source`` compiled (with every one of ``names``, its template
-    instantiations) for one device; compiled on first use, then cached."""
-    return _compiled(device_id, source, tuple(names)).get_function(name)
+    instantiations, and the compiler ``options``) for one device; compiled on first use, then
+    cached."""
+    return _compiled(device_id, source, tuple(names), tuple(options)).get_function(name)

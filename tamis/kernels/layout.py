@@ -19,7 +19,10 @@ All moves of an epoch are computed from the positions at its start (a batch step
 GPU where every edge runs at once), rounded to multiples of :data:`FIXED_STEP` and summed as
 exact integers (float64 holds every partial sum exactly below 2**53), then applied. Integer
 sums do not depend on the order of the additions, so the epoch is bit-for-bit the same for
-any block size, thread count or atomic scheduling.
+any block size, thread count or atomic scheduling. (Bit for bit on one machine: NumPy's float32
+``**`` is vectorised per instruction set, AVX2 and AVX-512 may round its last bit differently,
+and a map made on another CPU kind may differ a little; the CUDA kernel is compiled without fused
+multiply-adds so that only ``powf``'s last bit separates it from the reference.)
 
 * :func:`layout_epoch_reference`: vectorised, written once against ``xp`` (NumPy or CuPy),
   in blocks of at most ``block_edges`` fired edges: O(E * negative_rate * dims) time and
@@ -266,7 +269,9 @@ def _layout_epoch_cuda(Y: Any, head: Any, tail: Any, rate: Any, *, epoch: int, a
     acc = xp.zeros((dims, m), dtype=xp.uint64)
     n_edges = int(head.shape[0])
     if n_edges:
-        kernel = cuda_function(CUDA_SOURCE, tuple(_KERNEL_NAMES.values()), _KERNEL_NAMES[dims], xp.cuda.Device().id)
+        # no fused multiply-adds: NumPy rounds after each multiply and add, so must the kernel
+        kernel = cuda_function(CUDA_SOURCE, tuple(_KERNEL_NAMES.values()), _KERNEL_NAMES[dims], xp.cuda.Device().id,
+                               options=("--fmad=false",))
         grid = (min(65535 * 8, -(-n_edges // _THREADS)),)
         kernel(grid, (_THREADS,),
                (Y, np.int64(m), head, tail, rate, np.int64(n_edges), np.int64(edge_offset), np.int32(epoch),

@@ -158,17 +158,36 @@ EMBEDDING_EVIDENCE = ("neighbours+probe", "neighbours", "probe")
 _PRODUCT_FLOOR = 1e-6
 
 
+def strongest_other(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(M,) float64: each row's largest probability among the classes other than its label
+    (-inf with one class), in row blocks (no copy of P)."""
+    m, n_classes = P.shape
+    out = np.empty(m)
+    block = max(1, _VOTE_BLOCK_CELLS // max(n_classes, 1))
+    for start in range(0, m, block):
+        part = P[start:start + block].astype(np.float64)
+        part[np.arange(len(part)), y[start:start + block]] = -np.inf
+        out[start:start + block] = part.max(axis=1)
+    return out
+
+
 def combine(probs: list[np.ndarray]) -> np.ndarray:
     """The normalised geometric mean of several (M, C) probability estimates (a product of
     experts): a class keeps probability only where every source gives it some, so one
-    source's confident mistake is vetoed by another's doubt. One estimate is returned as is."""
+    source's confident mistake is vetoed by another's doubt. One estimate is returned as is.
+    Row blocks bound the float64 temporaries; the result is one (M, C) float32 matrix."""
     if len(probs) == 1:
         return probs[0]
-    logp = sum(np.log(np.maximum(p.astype(np.float64), _PRODUCT_FLOOR)) for p in probs) / len(probs)
-    logp -= logp.max(axis=1, keepdims=True)
-    out = np.exp(logp)
-    out /= out.sum(axis=1, keepdims=True)
-    return out.astype(np.float32)
+    m, n_classes = probs[0].shape
+    out = np.empty((m, n_classes), dtype=np.float32)
+    block = max(1, _VOTE_BLOCK_CELLS // max(n_classes, 1))     # float64 temporaries of ~64 MiB
+    for start in range(0, m, block):
+        logp = sum(np.log(np.maximum(p[start:start + block].astype(np.float64), _PRODUCT_FLOOR))
+                   for p in probs) / len(probs)
+        logp -= logp.max(axis=1, keepdims=True)
+        part = np.exp(logp)
+        out[start:start + block] = part / part.sum(axis=1, keepdims=True)
+    return out
 
 
 def class_probabilities(ctx, owner: str, source: str = "auto", k: int | None = None,

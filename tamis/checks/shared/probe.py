@@ -79,6 +79,9 @@ def probe_probabilities(X: Any, y: np.ndarray, n_classes: int, *, folds: int = 5
         for f in np.unique(f_block):
             sel = np.flatnonzero(f_block == f)
             weights, bias, present = models[f]
+            if not present.any():                 # the other folds hold no row: nothing to learn from
+                out[start + sel] = np.float32(1.0 / n_classes)
+                continue
             logits = _host(block[xp.asarray(sel)] @ xp.asarray(weights)).astype(np.float64) + bias
             logits[:, ~present] = -np.inf
             logits -= logits.max(axis=1, keepdims=True)

@@ -561,7 +561,7 @@
     const W = S.W, H = S.H, buf = S.buf, pick = S.pick, cols = S.colors;
     buf.fill(0xffffffff);
     pick.fill(-1);
-    const zbuf = S.zbuf;
+    const zbuf = S.zbuf, flagLift = 4 * S.radius + 1;
     if (zbuf) zbuf.fill(-Infinity);
     const visible = S.n;
     let stride = Math.max(1, Math.ceil(visible / MAX_DRAW));
@@ -580,7 +580,9 @@
         const c = cols[r];
         const xa = Math.max(0, x0), xb = Math.min(W, x0 + sz), ya = Math.max(0, y0), yb = Math.min(H, y0 + sz);
         if (zbuf) {
-          const depth = Z[r] + (f === 0 ? 0 : 1e30);   // flagged rows stay on top, nearest first among each
+          // flagged rows stay on top: depths lie in [-radius, radius], so an offset of 4 radius + 1 puts
+          // every flagged row in front of every clean one and keeps the nearest first among each
+          const depth = Z[r] + (f === 0 ? 0 : flagLift);
           for (let y = ya; y < yb; y++) {
             const o = y * W;
             for (let x = xa; x < xb; x++) if (depth >= zbuf[o + x]) { zbuf[o + x] = depth; buf[o + x] = c; pick[o + x] = r; }
