@@ -420,3 +420,22 @@ def test_cli_refusals_are_one_line_exit_2(saved, tmp_path, case):
                 "dimension": "3 dimensions", "index add twice": "already"}[case]
     assert expected in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_path_is_the_same_file_only_when_both_resolve_to_it(tmp_path):
+    """Paths are relative to their own store: ``img/0.jpg`` of a store in another folder is another
+    file (no exact duplicate), the same relative path of a store in the same folder is the same file."""
+    rng = np.random.default_rng(5)
+    paths = np.array([f"img/{i}.jpg" for i in range(40)])
+    ref_dir, other_dir = tmp_path / "ref_store", tmp_path / "other_store"
+    ref_dir.mkdir()
+    other_dir.mkdir()
+    np.savez(ref_dir / "store.npz", embeddings=rng.normal(size=(40, 16)).astype(np.float32), image_paths=paths,
+             ids=np.array([f"r{i}" for i in range(40)]))
+    tamis.scan(str(ref_dir / "store.npz"), checks=["exact_duplicate"], out=str(tmp_path / "ref"), save_index=True)
+    batch = {"embeddings": rng.normal(size=(10, 16)).astype(np.float32), "image_paths": paths[:10],
+             "ids": np.array([f"b{i}" for i in range(10)])}
+    for folder, expected in ((other_dir, 0), (ref_dir, 10)):
+        np.savez(folder / "batch.npz", **batch)
+        report = tamis.scan(str(folder / "batch.npz"), checks=["exact_duplicate"], against=str(tmp_path / "ref"))
+        assert int(report.flags("exact_duplicate").sum()) == expected, folder

@@ -18,13 +18,14 @@ reference every hit is empty, so a check needs no branch of its own. :func:`matc
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ...engine.artifacts import ReferencePairs, reference_pairs
+from ...io.images import store_folder
 
 __all__ = ["ReferenceHits", "reference_hits", "matches_table", "EXACT_THRESHOLD"]
 
@@ -97,13 +98,40 @@ def _differs(ctx, pairs: ReferencePairs, kind: str) -> np.ndarray:
 
 
 def _same_path(ctx) -> np.ndarray:
-    """(N,) bool: valid batch rows whose path is a reference row's path."""
-    theirs = ctx.reference.column("path")
-    ours = ctx.store.paths
-    if ours.type != theirs.type:
-        ours, theirs = pc.cast(ours, pa.string()), pc.cast(theirs, pa.string())
-    found = pc.is_in(ours, value_set=pc.unique(theirs)).fill_null(False)
-    return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool) & ctx.valid
+    """(N,) bool: valid batch rows whose file is a reference row's file.
+
+    Paths are relative to their own store (README: "Input formats"), so both sides are resolved
+    first: a batch path against the scan's image root, a reference path against the folder of the
+    store its segment came from (``manifest -> segments -> source``). Relative paths with no folder
+    to resolve against (an in-memory store) match nothing; ``images/0001.jpg`` of two stores in two
+    folders are two files."""
+    n = ctx.n
+    ours_root = ctx.image_root
+    ours = _resolved(ctx.store.paths, ours_root)
+    theirs_raw = ctx.reference.column("path")
+    parts, start = [], 0
+    for segment in ctx.reference.index.manifest.get("segments", []):
+        count = int(segment["n_rows"])
+        root = store_folder(str(segment.get("source", "memory")))
+        parts.extend(_resolved(theirs_raw.slice(start, count), root))
+        start += count
+    known = {p for p in parts if p is not None}
+    found = np.array([p is not None and p in known for p in ours], dtype=bool) if len(ours) == n \
+        else np.zeros(n, dtype=bool)
+    return found & ctx.valid
+
+
+def _resolved(paths, root) -> list:
+    """Absolute, normalised paths (None where a relative path has no root, or no path)."""
+    out = []
+    for p in paths.to_pylist():
+        if p is None or p == "":
+            out.append(None)
+        elif os.path.isabs(str(p)):
+            out.append(os.path.normpath(str(p)))
+        else:
+            out.append(None if root is None else os.path.normpath(os.path.join(str(root), str(p))))
+    return out
 
 
 def _split_pairs(ctx, rows: np.ndarray, positions: np.ndarray) -> dict:
