@@ -232,8 +232,12 @@ def test_the_bucketed_neighbour_search_measures_its_recall(tmp_path):
     assert (sims <= exact_sims + 1e-7).all(), "a bucketed list never beats the exact one"
     found = (sims >= exact_sims[:, -1:]).mean()
     assert found >= 0.9
-    *_, pinfo = pairs_against(Q, index, 0.95, xp=np, engine="ivf")
+    q, p, s, pinfo = pairs_against(Q, index, 0.95, xp=np, engine="ivf")
     assert pinfo["exact"] and pinfo["rows_compared"] < index.n, "the buckets spare most of the reference"
+    # a tiny memory budget cuts every bucket's batch rows into tiles of one row: the same pairs
+    q2, p2, s2, _ = pairs_against(Q, index, 0.80, xp=np, engine="ivf", memory_bytes=64)
+    q3, p3, s3, _ = pairs_against(Q, index, 0.80, xp=np, engine="ivf")
+    assert len(q3) > len(q) and np.array_equal(q2, q3) and np.array_equal(p2, p3) and np.array_equal(s2, s3)
 
 
 def test_a_folder_without_an_index_is_refused(saved, tmp_path):

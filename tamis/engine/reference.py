@@ -296,6 +296,7 @@ def _bucket_pairs(Q, ref, threshold, xp, memory_bytes, budget, progress):
     """The pairs of the halo (every batch row against every halo row, exactly) and of the buckets'
     cores (each batch row against the rows of its annulus in each bucket it can reach)."""
     plan = plan_for(xp)
+    memory = memory_bytes or plan.memory_bytes
     dtype = tile_dtype(Q, xp, plan.pair_dtype == "float16")
     cutoff = threshold - tile_margin(ref.d, dtype)
     nb, B = ref.n_buckets, int(Q.shape[0])
@@ -323,11 +324,20 @@ def _bucket_pairs(Q, ref, threshold, xp, memory_bytes, budget, progress):
             return xp.empty(0, xp.int64), xp.empty(0, xp.int64), 0
         a, z = o0 + int(first[live].min()), o0 + int(stop[live].max())
         positions = ref.perm[a:z]
-        qs = xp.asarray(pq[s:e][live])
-        S = (Q[qs].astype(dtype, copy=False) @ ref.take(positions).astype(dtype).T).astype(xp.float32, copy=False)
-        r, c = xp.nonzero(S >= xp.float32(cutoff))
-        budget.take(int(r.shape[0]))
-        return qs[r], xp.asarray(positions)[c], int(live.sum()) * (z - a)
+        members = ref.take(positions).astype(dtype).T
+        qs_all = xp.asarray(pq[s:e][live])
+        # tiles of at most ~memory / workers bytes: a bucket reached by many batch rows stays bounded
+        rows_per_tile = max(1, memory // (8 * max(z - a, 1) * max(plan.workers, 1)))
+        got_q, got_c = [], []
+        for t0 in range(0, int(qs_all.shape[0]), rows_per_tile):
+            qs = qs_all[t0:t0 + rows_per_tile]
+            S = (Q[qs].astype(dtype, copy=False) @ members).astype(xp.float32, copy=False)
+            r, c = xp.nonzero(S >= xp.float32(cutoff))
+            budget.take(int(r.shape[0]))
+            got_q.append(qs[r])
+            got_c.append(c)
+        c = xp.concatenate(got_c)
+        return xp.concatenate(got_q), xp.asarray(positions)[c], int(live.sum()) * (z - a)
 
     cand_q, cand_p, compared = [], [], 0
     for r, c, products in parallel_map(bucket, list(range(len(cuts) - 1)), plan):
