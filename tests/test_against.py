@@ -340,6 +340,7 @@ def test_index_add_keeps_the_buckets_and_cleans_a_killed_append(tmp_path):
     folder = tmp_path / "ref"
     tamis.scan(ref, device="cpu", out=folder, save_index=True, engine="ivf", checks=["invalid"])
     (folder / "index" / "vectors-00001.npy").write_bytes(b"left by a killed append")
+    (folder / "index" / ".vectors-00001.npy.x1y2.tmp").write_bytes(b"a killed atomic write's temporary file")
     first = _batch(ref, prefix="first")
     tamis.add_to_index(folder, first)
     index = open_index(folder / "index")

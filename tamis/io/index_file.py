@@ -61,6 +61,8 @@ VERSION = 1
 #: the optional columns of a rows file, in order (``row`` always comes first, ``bucket`` last)
 ROW_COLUMNS = ("id", "label", "split", "path")
 _OWN_FILE = re.compile(r"(vectors|rows|quantiser)-\d{5}\.(npy|parquet|npz)")
+#: a temporary file of one of them (atomic_path's ``.<name>.<random>.tmp``), left by a killed write
+_OWN_TEMP = re.compile(r"\.(vectors|rows|quantiser)-\d{5}\.(npy|parquet|npz)\..+\.tmp")
 _HASH_CHUNK = 16 << 20
 
 
@@ -337,7 +339,7 @@ def append_segment(index: OpenIndex, vectors: np.ndarray, rows: pa.Table, bucket
     folder = index.folder
     old = index.manifest
     for stale in folder.iterdir():   # a killed append's files, never listed by a manifest
-        if _OWN_FILE.fullmatch(stale.name) and stale.name not in old["files"]:
+        if (_OWN_FILE.fullmatch(stale.name) and stale.name not in old["files"]) or _OWN_TEMP.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
     number = len(old["segments"])
     while any((folder / name).exists() for name in _segment_names(number)):
