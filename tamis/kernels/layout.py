@@ -51,8 +51,6 @@ FIXED_SCALE = float(1 << 24)
 FIXED_STEP = 1.0 / FIXED_SCALE
 #: umap-learn's gradient clip, per coordinate and per edge
 CLIP = 4.0
-#: ``d2`` below this counts as zero (coincident points attract and repel nothing)
-_EPS_D2 = 0.0
 
 # lowbias32 (C. Wellons) of the 32-bit counter, keyed by the epoch's key; the row is the hash's
 # high bits times M (a multiply-shift, uniform enough for M << 2**32).

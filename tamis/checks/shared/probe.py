@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ...engine.backend import to_host
+
 #: rows per block of the statistics and scoring passes
 BLOCK_ROWS = 16_384
 #: probabilities are multiples of this
@@ -67,8 +69,8 @@ def probe_probabilities(X: Any, y: np.ndarray, n_classes: int, *, folds: int = 5
             labels = y_block[order[lo:hi]]
             onehot_t = xp.zeros((n_classes, hi - lo), dtype=xp.float32)   # (C, rows): row-major for BLAS
             onehot_t[xp.asarray(labels), xp.arange(hi - lo)] = 1.0
-            scatter[f] += _host(rows.T @ rows)              # A.T @ A of one buffer: a symmetric rank-k update
-            sums[f] += _host(onehot_t @ rows)
+            scatter[f] += to_host(rows.T @ rows)              # A.T @ A of one buffer: a symmetric rank-k update
+            sums[f] += to_host(onehot_t @ rows)
             counts[f] += np.bincount(labels, minlength=n_classes)
     models = [_fit(scatter.sum(0) - scatter[f], sums.sum(0) - sums[f], counts.sum(0) - counts[f], shrinkage)
               for f in range(folds)]
@@ -82,7 +84,7 @@ def probe_probabilities(X: Any, y: np.ndarray, n_classes: int, *, folds: int = 5
             if not present.any():                 # the other folds hold no row: nothing to learn from
                 out[start + sel] = np.float32(1.0 / n_classes)
                 continue
-            logits = _host(block[xp.asarray(sel)] @ xp.asarray(weights)).astype(np.float64) + bias
+            logits = to_host(block[xp.asarray(sel)] @ xp.asarray(weights)).astype(np.float64) + bias
             logits[:, ~present] = -np.inf
             logits -= logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
@@ -105,10 +107,6 @@ def _fit(scatter: np.ndarray, sums: np.ndarray, counts: np.ndarray, shrinkage: f
     weights = np.linalg.solve(within, means.T)                     # (d, C)
     bias = -0.5 * np.einsum("cd,dc->c", means, weights) + np.log(np.maximum(counts, 1) / max(total, 1.0))
     return weights.astype(np.float32), bias, present
-
-
-def _host(a: Any) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 __all__ = ["probe_probabilities", "fold_of"]
