@@ -52,6 +52,7 @@ from ..config import Interval
 from ..engine.artifacts import neighbour_codes, neighbours, resolve_k
 from ..errors import InputError
 from .base import Check, CheckResult, plain
+from .shared.centroids import class_centroids
 from .views import Groups
 
 _BLOCK_CELLS = 1 << 24
@@ -124,15 +125,7 @@ class OffTopic(Check):
         emb = ctx.embeddings
         codes = ctx.label_codes[ctx.valid_rows]
         m, n_classes = len(codes), len(ctx.label_names)
-        sums = np.zeros((n_classes, int(emb.shape[1])))
-        block = max(1, _BLOCK_CELLS // max(1, int(emb.shape[1])))
-        for start in range(0, m, block):
-            part = emb[start:start + block].astype(xp.float32)
-            onehot = xp.zeros((int(part.shape[0]), n_classes), dtype=xp.float32)
-            onehot[xp.arange(int(part.shape[0])), xp.asarray(codes[start:start + block])] = 1.0
-            sums += ctx.backend.to_host(onehot.T @ part)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        centroids = xp.asarray((sums / np.where(norms > 0, norms, 1.0)).astype(np.float32))
+        centroids = class_centroids(ctx).astype(xp.float32)
         far = np.empty(m)
         block = max(1, _BLOCK_CELLS // max(1, n_classes))
         for start in range(0, m, block):

@@ -21,6 +21,7 @@ import numpy as np
 from ..config import Interval
 from ..engine.artifacts import neighbours, resolve_k
 from .base import Check, CheckResult
+from .shared.centroids import class_centroids
 
 
 class Outlier(Check):
@@ -59,21 +60,12 @@ class Outlier(Check):
 
 
 def _class_similarity(ctx) -> np.ndarray:
-    """Cosine similarity of each valid row to its class's mean direction (xp, blocked by class)."""
+    """Cosine similarity of each valid row to its class's mean direction (xp, blocked by rows)."""
     xp = ctx.xp
-    codes = ctx.label_codes[ctx.valid_rows]
+    codes_dev = xp.asarray(ctx.label_codes[ctx.valid_rows])
     emb = ctx.embeddings
-    n_classes = len(ctx.label_names)
-    codes_dev = xp.asarray(codes)
-    sums = xp.zeros((n_classes, emb.shape[1]), dtype=xp.float64)
-    block = max(256, (1 << 23) // max(n_classes, emb.shape[1]))  # one-hot and row block <= 64 MiB
-    for start in range(0, emb.shape[0], block):  # class sums without an N x C one-hot
-        part = emb[start:start + block].astype(xp.float64)
-        one_hot = xp.zeros((part.shape[0], n_classes), dtype=xp.float64)
-        one_hot[xp.arange(part.shape[0]), codes_dev[start:start + block]] = 1.0
-        sums += one_hot.T @ part
-    norms = xp.linalg.norm(sums, axis=1)
-    centroids = sums / xp.where(norms > 0, norms, 1.0)[:, None]
+    centroids = class_centroids(ctx)
+    block = max(256, (1 << 23) // max(int(centroids.shape[0]), emb.shape[1]))
     out = np.empty(emb.shape[0], dtype=np.float64)
     for start in range(0, emb.shape[0], block):
         part = emb[start:start + block].astype(xp.float64)
