@@ -214,14 +214,18 @@ def class_probabilities(ctx, owner: str, source: str = "auto", k: int | None = N
         n_classes = len(ctx.label_names)
         y = ctx.label_codes[ctx.valid_rows]
         used, probs = [], []
-        if chosen_k is not None:
-            idx, sims = neighbours(ctx, chosen_k)
-            prior = np.bincount(y, minlength=n_classes) / max(1, len(y))
-            probs.append(knn_probabilities(neighbour_codes(ctx, idx), sims, n_classes, prior, smoothing))
+        if chosen_k is not None:   # each source is its own artefact: checks asking for other mixes share it
+
+            def votes() -> np.ndarray:
+                idx, sims = neighbours(ctx, chosen_k)
+                prior = np.bincount(y, minlength=n_classes) / max(1, len(y))
+                return knn_probabilities(neighbour_codes(ctx, idx), sims, n_classes, prior, smoothing)
+
+            probs.append(ctx.artifact(("neighbour_votes", chosen_k, float(smoothing)), votes))
             used.append("neighbours")
         if use_probe:
-            with ctx.timed("artifact:probe"):
-                probs.append(probe_probabilities(ctx.embeddings, y, n_classes, seed=0, xp=ctx.xp))
+            probs.append(ctx.artifact("probe", lambda: probe_probabilities(ctx.embeddings, y, n_classes, seed=0,
+                                                                           xp=ctx.xp)))
             used.append("probe")
         if source in ("auto", "pred_probs") and store.pred_probs is not None:
             model = np.asarray(ctx.backend.to_host(store.pred_probs), dtype=np.float32)
