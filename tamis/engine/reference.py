@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from ..io.index_file import IndexData, OpenIndex
+from ..kernels.pairs import compact_pairs
 from ..kernels.topk import empty_topk, merge_topk
 from .backend import to_host
 from .search.exact import exact_rows
@@ -332,7 +333,7 @@ def _bucket_pairs(Q, ref, threshold, xp, memory_bytes, budget, progress):
         for t0 in range(0, int(qs_all.shape[0]), rows_per_tile):
             qs = qs_all[t0:t0 + rows_per_tile]
             S = (Q[qs].astype(dtype, copy=False) @ members).astype(xp.float32, copy=False)
-            r, c = xp.nonzero(S >= xp.float32(cutoff))
+            r, c, _ = compact_pairs(S, 0, 0, cutoff, False, xp)
             budget.take(int(r.shape[0]))
             got_q.append(qs[r])
             got_c.append(c)

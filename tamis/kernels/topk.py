@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import ConfigError
 from . import cuda_function
 
-__all__ = ["merge_topk", "merge_topk_reference", "empty_topk", "CUDA_SOURCE", "KERNEL_MAX_K"]
+__all__ = ["merge_topk", "merge_topk_reference", "empty_topk", "topk_rows", "CUDA_SOURCE", "KERNEL_MAX_K"]
 
 KERNEL_MAX_K = 32
 """Largest k the CUDA kernel is compiled for (its lists live in registers)."""
@@ -359,3 +359,18 @@ def _merge_topk_cuda(S: Any, col0: int, row0: int | None, best_sim: Any, best_id
            (S, np.int64(sq), np.int64(sc), np.int32(m), np.int32(n), np.int64(col0),
             np.int64(shift), np.int32(row0 is not None), best_sim, best_idx, out_sim, out_idx))
     return out_sim, out_idx
+
+
+def topk_rows(sims: Any, idx: Any, k: int, xp: ModuleType = np, ordered: bool = True) -> tuple[Any, Any]:
+    """The ``k`` best entries of every row of ``(m, w)`` ``sims`` / ``idx`` (float32 / int64,
+    ``w >= k``), in the total order of :func:`merge_topk` (similarity descending, then index
+    ascending; index ``-1`` marks an empty slot and ranks last); ``ordered=False`` returns the
+    same ``k`` entries of a row in no particular order. One partition (and sort) of packed
+    uint64 keys per row, written against ``xp``; which entries are kept does not depend on
+    their order within a row. O(m w) (+ O(m k log k) ordered)."""
+    keys = _pack(sims.astype(xp.float32, copy=False), idx, xp)
+    if keys.shape[1] > k:
+        keys = xp.partition(keys, k - 1, axis=1)[:, :k]
+    if ordered:
+        keys = xp.sort(keys, axis=1)
+    return _unpack(keys, xp)

@@ -27,6 +27,9 @@ log = logging.getLogger("tamis")
 
 #: paths tried per thumbnail wanted (plus 1000) before giving up: a wrong image root costs no full pass
 MAX_ATTEMPTS_PER_THUMBNAIL = 5
+#: paths tried before giving up when not one of them was a readable image (a store whose images
+#: are elsewhere should not cost a path resolution for every one of thousands of rows)
+GIVE_UP_AFTER = 256
 THUMBS_DIR = "thumbs"
 #: the prefix of the folder thumbnails are made in before they replace ``thumbs/``
 THUMBS_STAGING = ".thumbs-"
@@ -98,14 +101,16 @@ def make_thumbnails(report: Report, out: Path, root: Path | None, limit: int,
         with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
             pos = 0
             while len(made) < limit and pos < len(order):  # rounds, so unreadable files do not eat the quota
-                want = limit - len(made)
+                want = limit - len(made) if made or pos >= GIVE_UP_AFTER else min(limit, GIVE_UP_AFTER - pos)
                 batch = [r for r in order[pos:pos + want] if paths[r]]
                 pos += want
                 made.extend(r for r in pool.map(one, batch) if r is not None)
+                if not made and pos >= GIVE_UP_AFTER:
+                    break
         made.sort()
         if made:
             move_into_place(stage, out / THUMBS_DIR)
-    note = None if made else (f"no thumbnails: none of the first {len(order):,} paths is a readable image "
+    note = None if made else (f"no thumbnails: none of the first {min(pos, len(order)):,} paths is a readable image "
                               f"inside {root} (give --image-root)")
     return made, note
 

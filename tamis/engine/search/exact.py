@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...errors import ConfigError, InputError
+from ..backend import to_host
 from .refine import refine_neighbours, rescore_pairs
 from .registry import SearchEngine, SearchOptions, check_positive_int, register
 from .rows import canonical_dot, tile_dtype, tile_margin
@@ -46,7 +47,6 @@ def n_candidates(k: int, n_other: int) -> int:
 
 def sort_pairs(found: list, n: int, xp: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Concatenate (a, b, sim) parts, drop repeats, sort by (a, b), move to the host."""
-    from ..backend import to_host
 
     found = [f for f in found if f[0].shape[0]]
     if not found:
@@ -106,14 +106,16 @@ def exact_pairs(X: Any, threshold: float, opt: SearchOptions,
 def exact_rows(Q: Any, q_ids: Any, columns: Callable[[], Any], k: int, xp: Any, memory: int,
                score: Callable[[Any, Any], Any], n_other: int, dtype: str,
                symmetric: bool = False, progress: Callable[[], Any] | None = None,
-               side: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+               side: int | None = None, pair_cutoff: float | None = None,
+               pairs_out: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Certified canonical top-k of the queries ``Q`` (global ids ``q_ids``) against the
     column blocks ``columns()`` yields (called once per pass), with ``score`` the canonical
     similarity of (query positions, global ids). Shared by the local engine and the Dask
-    tasks. Returns host ``(indices, similarities, rows that needed the fallback)``."""
+    tasks. Returns host ``(indices, similarities, rows that needed the fallback)``;
+    ``pair_cutoff`` / ``pairs_out``: see :func:`~.tiles.topk_tiles`."""
     c = n_candidates(k, n_other)
     best_sim, best_idx = topk_tiles(Q, q_ids, columns(), c, dtype, xp, memory, symmetric=symmetric,
-                                    side=side, progress=progress)
+                                    side=side, progress=progress, pair_cutoff=pair_cutoff, pairs_out=pairs_out)
     bound = best_sim[:, c - 1] if c < n_other else xp.full(int(Q.shape[0]), -np.inf, dtype=xp.float32)
     margin = tile_margin(int(Q.shape[1]), dtype)
 
@@ -123,9 +125,12 @@ def exact_rows(Q: Any, q_ids: Any, columns: Callable[[], Any], k: int, xp: Any, 
     return refine_neighbours(best_idx, k, score, xp, bound=bound, margin=margin, collect=collect)
 
 
-def exact_neighbours(X: Any, k: int, opt: SearchOptions, rows: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
+def exact_neighbours(X: Any, k: int, opt: SearchOptions, rows: Any = None,
+                     pair_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Certified exact neighbours of every row (or of the rows ``rows``) of ``X``; the tile side
-    is ``opt.params["block_rows"]`` when given."""
+    is ``opt.params["block_rows"]`` when given. With ``rows`` and ``pair_threshold``, also the
+    rows' true pairs from the same tiles: returns ``(indices, similarities, n, (row ids, other
+    ids))``, every pair with canonical similarity ``>= pair_threshold`` (either order)."""
     xp = opt.xp
     memory = opt.memory_bytes or plan_for(xp).memory_bytes
     n = int(X.shape[0])
@@ -137,10 +142,19 @@ def exact_neighbours(X: Any, k: int, opt: SearchOptions, rows: Any = None) -> tu
         ids = xp.asarray(rows, dtype=xp.int64)
         Q, symmetric = X[ids], False
     tick = (lambda: opt.progress(0)) if opt.progress is not None else None
-    return exact_rows(Q, ids, lambda: [(0, X)], k, xp, memory,
-                      lambda pos, other: canonical_dot(X, X, ids[pos], other, xp), n - 1, dtype,
-                      symmetric=symmetric, progress=tick,
-                      side=check_positive_int("block_rows", opt.params.get("block_rows"), "e.g. 1024"))
+    found: list = []
+    cutoff = None if pair_threshold is None or rows is None else pair_threshold - tile_margin(int(X.shape[1]), dtype)
+    result = exact_rows(Q, ids, lambda: [(0, X)], k, xp, memory,
+                        lambda pos, other: canonical_dot(X, X, ids[pos], other, xp), n - 1, dtype,
+                        symmetric=symmetric, progress=tick,
+                        side=check_positive_int("block_rows", opt.params.get("block_rows"), "e.g. 1024"),
+                        pair_cutoff=cutoff, pairs_out=found)
+    if cutoff is None:
+        return result
+    pos = xp.concatenate([f[0] for f in found] or [xp.empty(0, dtype=xp.int64)])
+    other = xp.concatenate([f[1] for f in found] or [xp.empty(0, dtype=xp.int64)])
+    pos, other, _ = rescore_pairs(X, X, ids[pos], other, pair_threshold, xp)
+    return (*result, (to_host(pos), to_host(other)))
 
 
 @register

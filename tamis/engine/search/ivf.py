@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from ...kernels.topk import empty_topk, merge_topk
+from ...config import DEFAULT_K
+from ...kernels.topk import empty_topk
 from ..backend import to_host
 from .exact import exact_neighbours, sort_pairs
-from .kmeans import bucket_members, nearest_centroid, probe_order, spherical_kmeans
-from .recall import knn_recall, pair_recall, recall_sample
+from .kmeans import bucket_members, probe_order, spherical_kmeans
+from .probing import probe_buckets
+from .recall import knn_recall, pair_recall, recall_against, recall_sample
 from .refine import refine_neighbours, rescore_pairs
 from .registry import (
     KNN_RECALL,
@@ -46,7 +48,7 @@ from .registry import (
     check_unit,
     register,
 )
-from .rows import canonical_dot, tile_dtype, tile_margin
+from .rows import canonical_dot, canonical_dot_rows, tile_dtype, tile_margin
 from .tiles import PairBudget, pair_strip, parallel_map, plan_for, spans
 
 log = logging.getLogger("tamis")
@@ -114,38 +116,76 @@ def _bucket_pairs(X: Any, threshold: float, cents: Any, probes: int, slack: floa
     return sort_pairs([rescore_pairs(X, X, key // n, key % n, threshold, xp)], n, xp)
 
 
-def _probed_round(X: Any, cents: Any, perm: Any, offsets: np.ndarray, lo: int, hi: int, best: tuple,
-                  c: int, opt: SearchOptions, dtype: str) -> tuple[Any, Any]:
-    """Merge the buckets ranked ``lo .. hi - 1`` of every row into its top-``c`` lists
-    (indices are positions in ``perm``: each bucket a contiguous range). One bucket at a
-    time, each tile on the whole BLAS (measured faster on a CPU than buckets spread over
-    threads: the merges are short NumPy calls that contend for the interpreter)."""
-    xp = opt.xp
-    memory = opt.memory_bytes or plan_for(xp).memory_bytes
-    best_sim, best_idx = best
-    probes = probe_order(X, cents, lo, hi, xp, memory)
-    p = hi - lo
-    flat = probes.reshape(-1)
-    queries = xp.argsort(flat, kind="stable") // p            # grouped by bucket, rows ascending
-    counts = to_host(xp.bincount(flat, minlength=len(offsets) - 1))
-    qstart = np.concatenate([[0], np.cumsum(counts)])
-    for b in range(len(offsets) - 1):
-        c0, c1 = int(offsets[b]), int(offsets[b + 1])
-        if c1 == c0 or not counts[b]:
-            continue
-        ids = perm[c0:c1]                                     # ascending row ids
-        M = X[ids].astype(dtype, copy=False)
-        chunk = max(1, memory // (6 * (c1 - c0)))
-        for q0 in range(int(qstart[b]), int(qstart[b + 1]), chunk):
-            q = queries[q0:min(q0 + chunk, int(qstart[b + 1]))]
-            S = (X[q].astype(dtype, copy=False) @ M.T).astype(xp.float32, copy=True)
-            at = xp.minimum(xp.searchsorted(ids, q), c1 - c0 - 1)
-            own = xp.flatnonzero(ids[at] == q)
-            S[own, at[own]] = -np.inf                          # a row is not its own neighbour
-            best_sim[q], best_idx[q] = merge_topk(S, c0, None, best_sim[q], best_idx[q], c, xp)
-        if opt.progress is not None:
-            opt.progress(0)
-    return best_sim, best_idx
+class _Scan:
+    """The nearest-buckets scan of one matrix: every row against the rows of the buckets its
+    centroid ranks ``0 .. hi - 1``, as running top-``c`` tile lists (indices: positions in
+    ``perm``, each bucket a contiguous range). Kept in ``opt.state`` so that a scan's pair
+    search and neighbour graph share its tiles."""
+
+    def __init__(self, X: Any, cents: Any, c: int, first: int, opt: SearchOptions):
+        xp = self.xp = opt.xp
+        self.X, self.cents, self.c, self.opt = X, cents, c, opt
+        self.memory = opt.memory_bytes or plan_for(xp).memory_bytes
+        self.dtype = tile_dtype(X, xp, False)
+        n, n_lists = int(X.shape[0]), int(cents.shape[0])
+        self.ranks = probe_order(X, cents, 0, first, xp, self.memory)
+        home = self.ranks[:, 0]                               # the nearest centroid, lowest id on ties
+        self.perm = xp.argsort(home, kind="stable")
+        self.offsets = to_host(xp.concatenate([xp.zeros(1, dtype=xp.int64),
+                                               xp.cumsum(xp.bincount(home, minlength=n_lists))]))
+        self.best = empty_topk(n, c, xp)
+        self.hi = 0
+
+    def rows_of(self, b: int) -> Any:
+        return self.X[self.perm[int(self.offsets[b]):int(self.offsets[b + 1])]].astype(self.dtype, copy=False)
+
+    def own(self, q: Any, b: int) -> tuple[Any, Any]:
+        xp = self.xp
+        ids = self.perm[int(self.offsets[b]):int(self.offsets[b + 1])]   # ascending row ids
+        at = xp.minimum(xp.searchsorted(ids, q), ids.shape[0] - 1)
+        mine = xp.flatnonzero(ids[at] == q)
+        return mine, at[mine]
+
+    def extend(self, hi: int, pair_cutoff: float | None = None, budget: Any = None) -> Any:
+        """Search the buckets ranked ``self.hi .. hi - 1``; with ``pair_cutoff``, also return the
+        ``(row, row)`` id pairs of every tile entry at or above it (each unordered pair once)."""
+        xp, opt = self.xp, self.opt
+        ranks = self.ranks if self.hi == 0 else probe_order(self.X, self.cents, self.hi, hi, xp, self.memory)
+        tick = (lambda: opt.progress(0)) if opt.progress is not None else None
+        best_sim, best_idx, found = probe_buckets(self.X, ranks, self.offsets, self.rows_of, self.best, self.c,
+                                                  xp, self.memory, self.dtype, self.own, tick, pair_cutoff, budget)
+        self.best, self.hi, self.ranks = (best_sim, best_idx), hi, None
+        if found is None:
+            return None
+        q, pos = found
+        n = int(self.X.shape[0])
+        other = self.perm[pos]
+        return xp.unique(xp.minimum(q, other) * n + xp.maximum(q, other))
+
+    def candidates(self, rows: Any = None) -> Any:
+        """Global ids of the running lists (of ``rows``, default all), -1 where empty."""
+        xp = self.xp
+        idx = self.best[1] if rows is None else self.best[1][rows]
+        return xp.where(idx >= 0, self.perm[xp.maximum(idx, 0)], -1)
+
+
+def _first_probes(n_lists: int, opt: SearchOptions) -> tuple[int, int, bool]:
+    """(first round's probes, most probes, fixed): ``n_probe`` fixes both."""
+    fixed = check_positive_int("n_probe", opt.params.get("n_probe"), "e.g. 16")
+    top = min(n_lists, fixed or KNN_PROBES[1])
+    return (top if fixed else min(KNN_PROBES[0], top)), top, fixed is not None
+
+
+def _scan(X: Any, opt: SearchOptions, c: int) -> _Scan:
+    """The scan of ``opt.state`` when it keeps lists of at least ``c`` and has not gone past its
+    first round, else a new one (kept there)."""
+    cents = centroids(X, opt)
+    first, _, _ = _first_probes(int(cents.shape[0]), opt)
+    key = ("ivf_scan", int(X.shape[0]), int(cents.shape[0]), opt.seed)
+    scan = opt.state.get(key)
+    if scan is None or scan.c < c or scan.X is not X:
+        scan = opt.state[key] = _Scan(X, cents, c, first, opt)
+    return scan
 
 
 @register
@@ -170,6 +210,28 @@ class IvfEngine(SearchEngine):
         rounds = PAIR_ROUNDS if probes is None and slack is None else \
             ((check_unit("probe_slack", 0.3 if slack is None else slack, "0.3", closed_low=True), probes or 24),)
         sample = recall_sample(n, SAMPLE_ROWS, opt.seed)
+        if probes is None and slack is None:
+            # first the neighbour scan's tiles (each row against its nearest buckets), which the
+            # neighbour graph then goes on from: the pairs they hold, if the sample finds them all
+            scan = _scan(X, opt, min(n - 1, _expected_k(opt) + APPROXIMATE_EXTRA))
+            if scan.hi == 0:
+                first, _, _ = _first_probes(n_buckets, opt)
+                key = scan.extend(first, threshold - tile_margin(int(X.shape[1]), scan.dtype),
+                                  PairBudget(opt.max_pairs, threshold))
+                a, b, s = sort_pairs([rescore_pairs(X, X, key // n, key % n, threshold, xp)], n, xp)
+                if opt.progress is not None:
+                    opt.progress(n)
+                # the sample's true pairs and its exact neighbours (for the graph) in one pass
+                _, truth, _, (qa, qb) = exact_neighbours(X, scan.c - APPROXIMATE_EXTRA, opt, rows=sample,
+                                                         pair_threshold=threshold)
+                opt.state[_truth_key(n, opt, scan.c - APPROXIMATE_EXTRA)] = truth
+                recall, n_true = recall_against(qa, qb, a, b, n)
+                log.info("ivf pairs: the neighbour scan's %d nearest of %d buckets: sample recall %.4f (%d pairs)",
+                         first, n_buckets, recall, n_true)
+                if recall >= target:
+                    return a, b, s, {"engine": self.name, "exact": False, "recall": recall, "recall_target": target,
+                                     "recall_sample_rows": int(len(sample)), "recall_sample_pairs": n_true,
+                                     "buckets": n_buckets, "rule": "nearest buckets", "probes": first}
         for number, (sl, pr) in enumerate(rounds):
             pr = min(pr or n_buckets, n_buckets)
             a, b, s = _bucket_pairs(X, threshold, cents, pr, sl * math.sqrt(2.0 - 2.0 * threshold), opt,
@@ -183,7 +245,7 @@ class IvfEngine(SearchEngine):
             log.warning("ivf pairs: sample recall %.4f < %.2f with the widest rule", recall, target)
         return a, b, s, {"engine": self.name, "exact": False, "recall": recall, "recall_target": target,
                          "recall_sample_rows": int(len(sample)), "recall_sample_pairs": n_true,
-                         "buckets": n_buckets, "probes": pr, "probe_slack": sl}
+                         "buckets": n_buckets, "rule": "slack", "probes": pr, "probe_slack": sl}
 
     def neighbours(self, X: Any, k: int, opt: SearchOptions):
         xp = opt.xp
@@ -191,38 +253,38 @@ class IvfEngine(SearchEngine):
         target = opt.target_recall or KNN_RECALL
         cents = centroids(X, opt)
         n_lists = int(cents.shape[0])
-        fixed = check_positive_int("n_probe", opt.params.get("n_probe"), "e.g. 16")
-        top = min(n_lists, fixed or KNN_PROBES[1])
-        memory = opt.memory_bytes or plan_for(xp).memory_bytes
-        home, _ = nearest_centroid(X, cents, plan_for(xp).assign_block(n_lists, memory), plan_for(xp), xp)
-        perm = xp.argsort(home, kind="stable")
-        offsets = to_host(xp.concatenate([xp.zeros(1, dtype=xp.int64),
-                                          xp.cumsum(xp.bincount(home, minlength=n_lists))]))
+        first, top, fixed = _first_probes(n_lists, opt)
         c = min(n - 1, k + APPROXIMATE_EXTRA)
-        dtype = tile_dtype(X, xp, False)
-        best = empty_topk(n, c, xp)
+        scan = _scan(X, opt, c)
+        opt.state.pop(("ivf_scan", n, n_lists, opt.seed), None)      # the graph is its last use
         sample = recall_sample(n, SAMPLE_ROWS, opt.seed)
-        truth = None if fixed else exact_neighbours(X, k, opt, rows=sample)[1]
+        truth = opt.state.pop(_truth_key(n, opt, k), None)       # measured with the pairs
+        if fixed:
+            truth = None
+        elif truth is None:
+            truth = exact_neighbours(X, k, opt, rows=sample)[1]
 
         def score(rows: Any) -> Any:
             return lambda pos, other: canonical_dot(X, X, rows[pos], other, xp)
 
-        def candidates(best_idx: Any) -> Any:
-            return xp.where(best_idx >= 0, perm[xp.maximum(best_idx, 0)], -1)
+        def rows_score(rows: Any) -> Any:
+            return lambda cand: canonical_dot_rows(X, X, rows, cand, xp)
 
-        lo, hi = 0, (top if fixed else min(KNN_PROBES[0], top))
+        hi = max(scan.hi, first)
         recall = None
         while True:
-            best = _probed_round(X, cents, perm, offsets, lo, hi, best, c, opt, dtype)
+            if hi > scan.hi:
+                scan.extend(hi)
             if truth is None:
                 break
             ids = xp.asarray(sample)
-            s_idx, s_sim, _ = refine_neighbours(candidates(best[1][ids]), k, score(ids), xp)
+            cand = scan.candidates(ids)[:, :c]
+            s_idx, s_sim, _ = refine_neighbours(cand, k, score(ids), xp, score_rows=rows_score(ids))
             recall = knn_recall(s_idx, s_sim, truth)
             log.info("ivf neighbours: %d of %d buckets probed, sample recall@%d %.4f", hi, n_lists, k, recall)
             if recall >= min(1.0, target + 0.01) or hi == top:
                 break
-            lo, hi = hi, min(2 * hi, top)
+            hi = min(2 * hi, top)
         if recall is not None and recall < target:
             log.warning("ivf neighbours: recall %.4f < target %.2f with %d probes; using the exact engine",
                         recall, target, hi)
@@ -230,7 +292,8 @@ class IvfEngine(SearchEngine):
             return idx, sims, {"engine": "exact", "asked": self.name, "exact": True, "recall": 1.0,
                                "ivf_recall": recall, "rows_rechecked": collected}
         all_rows = xp.arange(n, dtype=xp.int64)
-        idx, sims, _ = refine_neighbours(candidates(best[1]), k, score(all_rows), xp)
+        idx, sims, _ = refine_neighbours(scan.candidates()[:, :c], k, score(all_rows), xp,
+                                         score_rows=rows_score(all_rows))
         short = np.flatnonzero((idx < 0).any(axis=1))
         if short.size:
             idx[short], sims[short], _ = exact_neighbours(X, k, opt, rows=short)
@@ -238,3 +301,14 @@ class IvfEngine(SearchEngine):
                            "recall": 1.0 if recall is None and hi >= n_lists else recall,
                            "recall_target": target, "recall_sample_rows": int(len(sample)),
                            "buckets": n_lists, "probes": hi, "rows_completed_exactly": int(short.size)}
+
+
+def _truth_key(n: int, opt: SearchOptions, k: int) -> tuple:
+    return ("ivf_sample_truth", n, opt.seed, k)
+
+
+def _expected_k(opt: SearchOptions) -> int:
+    """The k the scan's neighbour graph will ask for (``opt.state["neighbours_k"]``, set by the
+    run), so that the pair search's tiles keep lists it can go on from."""
+    k = opt.state.get("neighbours_k")
+    return int(k) if k else DEFAULT_K

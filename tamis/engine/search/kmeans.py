@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backend import to_host
 from .rows import tile_margin
-from .tiles import Plan, parallel_map, spans
+from .tiles import Plan, parallel_map, plan_for, spans
 
 __all__ = ["spherical_kmeans", "nearest_centroid", "bucket_members", "probe_order"]
 
@@ -122,9 +122,11 @@ def probe_order(X: Any, centroids: Any, lo: int, hi: int, xp: ModuleType, memory
     """(n, hi - lo) xp int64: each row's centroids ranked ``lo .. hi - 1`` by similarity
     (descending, ties to the lower centroid), in blocks of ``memory_bytes``."""
     n, k = int(X.shape[0]), int(centroids.shape[0])
-    out = xp.empty((n, hi - lo), dtype=xp.int64)
-    block = max(1, memory_bytes // (16 * k))
-    for r0, r1 in spans(n, block):
+    plan = plan_for(xp)
+    block = max(1, memory_bytes // (16 * k * max(1, plan.workers)))
+
+    def ranked(span: tuple[int, int]) -> Any:
+        r0, r1 = span
         sims = X[r0:r1].astype(xp.float32) @ centroids.T
         if hi < k:
             top = xp.argpartition(-sims, hi - 1, axis=1)[:, :hi]
@@ -143,5 +145,7 @@ def probe_order(X: Any, centroids: Any, lo: int, hi: int, xp: ModuleType, memory
         first = xp.argsort(top, axis=1, kind="stable")        # ties: lower centroid first
         top, top_sims = xp.take_along_axis(top, first, axis=1), xp.take_along_axis(top_sims, first, axis=1)
         order = xp.argsort(-top_sims, axis=1, kind="stable")
-        out[r0:r1] = xp.take_along_axis(top, order, axis=1)[:, lo:hi]
-    return out
+        return xp.take_along_axis(top, order, axis=1)[:, lo:hi]
+
+    parts = list(parallel_map(ranked, spans(n, block), plan))
+    return xp.concatenate(parts) if parts else xp.empty((0, hi - lo), dtype=xp.int64)

@@ -76,13 +76,15 @@ def rank_rows(sims: Any, idx: Any, xp: ModuleType) -> tuple[Any, Any]:
 
 def refine_neighbours(cand_idx: Any, k: int, score: Score, xp: ModuleType, *,
                       bound: Any = None, margin: float = 0.0,
-                      collect: Callable[[Any, Any], tuple[Any, Any]] | None = None
+                      collect: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+                      score_rows: Callable[[Any], Any] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, int]:
     """Canonical top-``k`` of each query from its candidates.
 
     ``cand_idx``: (m, c) global ids (-1 empty, no duplicates in a row, never the query
     itself); ``score(positions, ids)``: canonical similarities of query ``positions`` with
-    rows ``ids``. With ``bound`` ((m,) tile similarity of each query's c-th candidate, -inf
+    rows ``ids``; ``score_rows(cand_idx)``, when given, gives the same values as one ``(m, c)``
+    array at once (empty slots ignored). With ``bound`` ((m,) tile similarity of each query's c-th candidate, -inf
     where the candidates are every other row) and ``collect(positions, cutoffs)`` (all
     (position, id) with tile similarity >= cutoff), the result is certified exact (module
     docstring); without them it is the candidates' best k, rescored.
@@ -93,12 +95,16 @@ def refine_neighbours(cand_idx: Any, k: int, score: Score, xp: ModuleType, *,
     m, c = (int(v) for v in cand_idx.shape)
     if m == 0:
         return np.empty((0, k), np.int64), np.empty((0, k), np.float32), 0
-    flat = cand_idx.reshape(-1)
-    pos = xp.repeat(xp.arange(m), c)
-    have = flat >= 0
-    sims = xp.full(m * c, -np.inf, dtype=xp.float64)
-    sims[have] = score(pos[have], flat[have])
-    sims, idx = rank_rows(sims.reshape(m, c), cand_idx, xp)
+    if score_rows is not None:
+        sims = xp.where(cand_idx >= 0, score_rows(cand_idx), -np.inf)
+    else:
+        flat = cand_idx.reshape(-1)
+        pos = xp.repeat(xp.arange(m), c)
+        have = flat >= 0
+        sims = xp.full(m * c, -np.inf, dtype=xp.float64)
+        sims[have] = score(pos[have], flat[have])
+        sims = sims.reshape(m, c)
+    sims, idx = rank_rows(sims, cand_idx, xp)
     if c < k:   # fewer candidates than k: pad
         sims = xp.concatenate([sims, xp.full((m, k - c), -np.inf)], axis=1)
         idx = xp.concatenate([idx, xp.full((m, k - c), -1, dtype=xp.int64)], axis=1)
