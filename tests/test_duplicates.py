@@ -238,3 +238,17 @@ def test_near_duplicate_fraction_chooses_the_threshold():
         none.summary["threshold_choice"]["reason"]
     with pytest.raises(tamis.ConfigError, match="near_duplicate_fraction"):
         tamis.scan(emb, device="cpu", near_duplicate_fraction=1.5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("d", [3, 4, 7, 64])
+def test_exact_duplicates_are_bit_identical_rows_for_every_word_size(dtype, d):
+    """Rows hashed as 64-, 32- or 16-bit words (by row size): the bit-identical rows are found,
+    and a row one ulp away in one entry is not among them."""
+    rng = np.random.default_rng(d)
+    emb = rng.normal(size=(40, d)).astype(dtype)
+    emb[[5, 17, 33]] = emb[2]
+    emb[9] = emb[2]
+    emb[9, d - 1] = np.nextafter(emb[2, d - 1], np.inf, dtype=emb.dtype)     # one ulp off
+    r = tamis.scan({"embeddings": emb}, device="cpu", checks=["exact_duplicate"])
+    assert flagged(r, "exact_duplicate") == {2, 5, 17, 33}

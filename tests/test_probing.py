@@ -190,3 +190,18 @@ def test_ivf_pairs_with_a_bigger_k_later_search_again():
     got = knn_graph(X, 30, engine="ivf", state=state)
     alone = knn_graph(X, 30, engine="ivf")
     np.testing.assert_array_equal(got.indices, alone.indices)
+
+
+@pytest.mark.parametrize("lo,hi", [(0, 1), (0, 3), (2, 5), (0, 9), (4, 9)])
+def test_probe_order_is_one_total_order_with_ties(lo, hi):
+    """Centroid ranks by similarity, then centroid id, whatever the ties: rows of small
+    integers over 8 against centroids with repeated columns tie exactly and often."""
+    from tamis.engine.search.kmeans import probe_order
+    rng = np.random.default_rng(lo * 10 + hi)
+    X = rng.integers(-2, 3, (500, 4)).astype(np.float32) / 8
+    C = rng.integers(-2, 3, (9, 4)).astype(np.float32) / 8
+    C[5] = C[2]                                                       # a twin centroid
+    got = probe_order(X, C, lo, hi, np, 4096)                        # small blocks: many of them
+    S = X @ C.T
+    want = np.lexsort((np.broadcast_to(np.arange(9), S.shape), -S), axis=1)[:, lo:hi]
+    np.testing.assert_array_equal(got, want)

@@ -129,16 +129,21 @@ def probe_order(X: Any, centroids: Any, lo: int, hi: int, xp: ModuleType, memory
         r0, r1 = span
         sims = X[r0:r1].astype(xp.float32) @ centroids.T
         if hi < k:
-            top = xp.argpartition(-sims, hi - 1, axis=1)[:, :hi]
-            # argpartition picks among centroids tied at the boundary arbitrarily: where the
-            # picked set does not hold every tied one, rank that row fully, so that the ranks
-            # of every round come from one total order (similarity, then centroid id)
-            edge = xp.take_along_axis(sims, top, axis=1).min(axis=1)
-            split = (sims == edge[:, None]).sum(axis=1) != \
-                (xp.take_along_axis(sims, top, axis=1) == edge[:, None]).sum(axis=1)
-            unsure = xp.flatnonzero(split)
-            if unsure.shape[0]:
-                top[unsure] = xp.argsort(-sims[unsure], axis=1, kind="stable")[:, :hi]
+            # the hi-th largest value of each row (a value partition: ~10x an argpartition), the
+            # centroids at or above it in id order; a row with ties at that value (more than hi
+            # of them) is ranked fully, so that every round's ranks come from one total order
+            # (similarity, then centroid id)
+            edge = xp.partition(sims, k - hi, axis=1)[:, k - hi]
+            above = sims >= edge[:, None]
+            tied = xp.flatnonzero(above.sum(axis=1) != hi)
+            if tied.shape[0]:
+                above[tied] = False
+            flat = xp.flatnonzero(above)
+            top = xp.empty((sims.shape[0], hi), dtype=xp.int64)
+            plain = xp.flatnonzero(above.any(axis=1))
+            top[plain] = (flat % k).reshape(-1, hi)
+            if tied.shape[0]:
+                top[tied] = xp.argsort(-sims[tied], axis=1, kind="stable")[:, :hi]
         else:
             top = xp.broadcast_to(xp.arange(k), sims.shape)
         top_sims = xp.take_along_axis(sims, top, axis=1)
