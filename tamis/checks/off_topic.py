@@ -55,7 +55,7 @@ from .base import Check, CheckResult, plain
 from .shared.centroids import class_centroids
 from .views import Groups
 
-_BLOCK_CELLS = 1 << 24
+_BLOCK_CELLS = 1 << 21
 
 
 class _Anything:

@@ -65,7 +65,7 @@ def _class_similarity(ctx) -> np.ndarray:
     codes_dev = xp.asarray(ctx.label_codes[ctx.valid_rows])
     emb = ctx.embeddings
     centroids = class_centroids(ctx)
-    block = max(256, (1 << 23) // max(int(centroids.shape[0]), emb.shape[1]))
+    block = max(256, (1 << 20) // max(int(centroids.shape[0]), emb.shape[1]))   # ~8 MiB float64 blocks
     out = np.empty(emb.shape[0], dtype=np.float64)
     for start in range(0, emb.shape[0], block):
         part = emb[start:start + block].astype(xp.float64)

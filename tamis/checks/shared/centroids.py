@@ -20,7 +20,7 @@ def class_centroids(ctx) -> Any:
         emb = ctx.embeddings
         n_classes = len(ctx.label_names)
         sums = xp.zeros((n_classes, emb.shape[1]), dtype=xp.float64)
-        block = max(256, (1 << 23) // max(n_classes, emb.shape[1]))  # one-hot and row block <= 64 MiB
+        block = max(256, (1 << 20) // max(n_classes, emb.shape[1]))  # one-hot and row block <= 8 MiB
         for start in range(0, emb.shape[0], block):
             part = emb[start:start + block].astype(xp.float64)
             one_hot = xp.zeros((part.shape[0], n_classes), dtype=xp.float64)

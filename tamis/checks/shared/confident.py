@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-#: rows per block when turning neighbour votes into probabilities: bounds a block to ~64 MiB
-_VOTE_BLOCK_CELLS = 1 << 23
+#: rows per block when turning neighbour votes into probabilities: bounds a block to ~2 MiB (cache-sized
+#: blocks measured 2x faster than 64 MiB ones, which page-fault in)
+_VOTE_BLOCK_CELLS = 1 << 18
 #: probabilities this close count as equal (float32 rounding of a mean and its members)
 _TIE_TOLERANCE = 1e-6
 
@@ -180,7 +181,7 @@ def combine(probs: list[np.ndarray]) -> np.ndarray:
         return probs[0]
     m, n_classes = probs[0].shape
     out = np.empty((m, n_classes), dtype=np.float32)
-    block = max(1, _VOTE_BLOCK_CELLS // max(n_classes, 1))     # float64 temporaries of ~64 MiB
+    block = max(1, _VOTE_BLOCK_CELLS // max(n_classes, 1))     # float64 temporaries of ~2 MiB
     for start in range(0, m, block):
         logp = sum(np.log(np.maximum(p[start:start + block].astype(np.float64), _PRODUCT_FLOOR))
                    for p in probs) / len(probs)

@@ -41,7 +41,7 @@ from .tiles import parallel_map, plan_for, spans
 __all__ = ["probe_buckets"]
 
 #: buffer slots per query beyond the running lists (at most; see the module docstring)
-BUFFER_WIDTH = 32
+BUFFER_WIDTH = 16
 _LOWEST = np.float32(np.finfo(np.float32).min)
 
 
@@ -126,6 +126,22 @@ def probe_buckets(Q: Any, probes: Any, offsets: np.ndarray, bucket_rows: Callabl
         fill[rows] = (top_idx >= 0).sum(axis=1)
         bound[rows] = xp.maximum(top_sim.min(axis=1), _LOWEST) if c else _LOWEST
 
+    def merge_wide(which: Any, counts: Any, rows: Any, ids: Any, sims: Any, rank: Any) -> None:
+        """Merge straight into the lists of the rows ``which`` (just compacted) their entries of
+        one tile, more than their buffers hold (many ties): one dense ``(rows, c + count)`` array."""
+        at = xp.full(m, -1, dtype=xp.int64)
+        at[which] = xp.arange(which.shape[0])
+        sel = xp.flatnonzero(at[rows] >= 0)
+        s_ = xp.full((which.shape[0], c + int(counts.max())), -np.inf, dtype=xp.float32)
+        i_ = xp.full(s_.shape, -1, dtype=xp.int64)
+        s_[:, :c], i_[:, :c] = buf_sim[which, :c], buf_idx[which, :c]
+        s_[at[rows[sel]], c + rank[sel]] = sims[sel]
+        i_[at[rows[sel]], c + rank[sel]] = ids[sel]
+        top_s, top_i = topk_rows(s_, i_, c, xp, ordered=False)
+        buf_sim[which, :c], buf_idx[which, :c] = top_s, top_i
+        fill[which] = (top_i >= 0).sum(axis=1)
+        bound[which] = xp.maximum(top_s.min(axis=1), _LOWEST)
+
     found_q, found_i = [], []
     for parts, pairs in parallel_map(tile, work, plan):
         found_q += [q for q, _ in pairs]
@@ -138,13 +154,7 @@ def probe_buckets(Q: Any, probes: Any, offsets: np.ndarray, bucket_rows: Callabl
                 compact(tail[fill[tail] + count > width])
                 wide = fill[tail] + count > width                  # more than a buffer in one tile (ties)
                 if bool(wide.any()):
-                    for row in to_host(tail[wide]).tolist():
-                        sel = xp.flatnonzero(rows == row)
-                        s_ = xp.concatenate([buf_sim[row, :c], sims[sel]])[None, :]
-                        i_ = xp.concatenate([buf_idx[row, :c], ids[sel]])[None, :]
-                        top_s, top_i = topk_rows(s_, i_, c, xp, ordered=False)
-                        buf_sim[row, :c], buf_idx[row, :c] = top_s[0], top_i[0]
-                    compact(tail[wide])
+                    merge_wide(tail[wide], count[wide], rows, ids, sims, rank)
                     keep = ~xp.isin(rows, tail[wide])
                     rows, ids, sims = rows[keep], ids[keep], sims[keep]
                     if not rows.shape[0]:

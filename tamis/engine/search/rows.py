@@ -52,7 +52,7 @@ MAX_ROWS = 0xFFFFFFFF - 1      # indices are packed into 32 bits by the top-k me
 CPU_CHUNK_ELEMENTS = 1 << 18
 GPU_CHUNK_ELEMENTS = 1 << 23
 #: rows per block when prepare() checks norms
-CHECK_BLOCK_ELEMENTS = 1 << 23
+CHECK_BLOCK_ELEMENTS = 1 << 20
 
 
 def is_cupy_array(a: Any) -> bool:
@@ -101,7 +101,7 @@ def prepare(X: Any, xp: ModuleType | None = None, name: str = "X",
         return X, xp
     block = max(1, CHECK_BLOCK_ELEMENTS // X.shape[1])
     for start in range(0, X.shape[0], block):
-        part = X[start:start + block].astype(xp.float32)
+        part = X[start:start + block].astype(xp.float32, copy=False)
         norms = xp.sqrt(xp.einsum("ij,ij->i", part, part))
         bad = xp.flatnonzero(~(xp.abs(norms - 1) <= NORM_TOLERANCE))   # NaN and inf fail too
         if bad.shape[0]:
