@@ -98,14 +98,25 @@ def probe_buckets(Q: Any, probes: Any, offsets: np.ndarray, bucket_rows: Callabl
                     budget.take(int(r.shape[0]))
                 pairs.append((q[r], col))
             keep = S >= bound[q][:, None]
-            heavy = xp.flatnonzero(keep.sum(axis=1) > c)
-            if heavy.shape[0]:
+            counts = keep.sum(axis=1)
+            heavy = xp.flatnonzero(counts > c)
+            if 2 * heavy.shape[0] > q.shape[0]:
+                # most rows: the c-th largest of every row (a row with at most c entries at or
+                # above its bound keeps them all: that value is then at most the smallest)
+                kth = xp.partition(S, h - c, axis=1)[:, h - c]
+                keep = S >= xp.maximum(bound[q], kth)[:, None]
+                counts = keep.sum(axis=1)
+            elif heavy.shape[0]:
                 sub = S[heavy]
                 kth = xp.partition(sub, h - c, axis=1)[:, h - c]
                 keep[heavy] = sub >= kth[:, None]
+                counts[heavy] = keep[heavy].sum(axis=1)
             flat = xp.flatnonzero(keep)                          # (2-D nonzero is ~10x slower)
             r = flat // h
-            out.append((q[r], flat - r * h + int(offsets[b]), S.reshape(-1)[flat]))
+            # each entry's rank among its row's (the rows come in order): the main thread's slots
+            starts = xp.cumsum(counts) - counts
+            out.append((q[r], flat - r * h + int(offsets[b]), S.reshape(-1)[flat], xp.arange(flat.shape[0]) - starts[r],
+                        q[counts > 0], counts[counts > 0]))
         return out, pairs
 
     # one buffer per query: its running list in the first c slots, new entries after them
@@ -146,10 +157,9 @@ def probe_buckets(Q: Any, probes: Any, offsets: np.ndarray, bucket_rows: Callabl
     for parts, pairs in parallel_map(tile, work, plan):
         found_q += [q for q, _ in pairs]
         found_i += [i for _, i in pairs]
-        for rows, ids, sims in parts:
+        for rows, ids, sims, rank, tail, count in parts:
             if not rows.shape[0]:
                 continue
-            rank, tail, count = _runs(rows, xp)
             if bool((fill[tail] + count > width).any()):
                 compact(tail[fill[tail] + count > width])
                 wide = fill[tail] + count > width                  # more than a buffer in one tile (ties)
