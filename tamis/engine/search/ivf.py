@@ -5,22 +5,30 @@ rows into buckets. The same tiles, kernels and canonical rescoring as the exact 
 inside them, so a pair or neighbour it reports has exactly the similarity the exact engine
 gives; it can miss, never invent, and it measures what it misses on a seeded sample.
 
-Pairs (the slack rule of :func:`~tamis.engine.search.kmeans.bucket_members`): every row is
-compared with the rows of its home bucket and of the buckets it is probed into. The recall
-on a sample of 1,000 rows (:func:`~tamis.engine.search.recall.pair_recall`) must reach
-:data:`~tamis.engine.search.registry.PAIR_RECALL` (0.99); otherwise the rule widens
-(slack 0.3, 24 probes -> 0.6, 48 -> 1.0 and every bucket, which is proven exact).
+The nearest-buckets scan (:class:`_Scan`, :mod:`.probing`): every row is compared with the
+rows of its ``p`` nearest buckets (by centroid similarity), keeping its running top-``k + 2``
+tile lists. One scan serves both searches of a run: the pair search runs its first round
+(``p`` = 8) and keeps, from the same tiles, every entry at or above the threshold; the
+neighbour graph goes on from those lists.
 
-Neighbours: every row is compared with the rows of its ``p`` nearest buckets, ``p``
-doubling from 8 to 64 (each round searches only the buckets added) until recall@k on a
-sample of 1,000 rows (exact, certified) reaches the target (0.95) + 0.01; if 64 do not, the
+Pairs: the scan's pairs, if the recall on a sample of 1,000 rows (their exact pairs, found
+in the same pass as their exact neighbours) reaches
+:data:`~tamis.engine.search.registry.PAIR_RECALL` (0.99); otherwise the slack rule of
+:func:`~tamis.engine.search.kmeans.bucket_members` (every row against its home bucket and
+the buckets it is probed into; slack 0.3, 24 probes -> 0.6, 48 -> 1.0 and every bucket,
+which is proven exact), widening until the sample's recall is reached. ``probes`` or
+``probe_slack`` given: the slack rule alone.
+
+Neighbours: ``p`` doubles from 8 to 64 (each round searches only the buckets added) until
+recall@k on the sample (exact, certified) reaches the target (0.95) + 0.01; if 64 do not, the
 exact engine runs. Rows left with fewer than k candidates are searched exactly.
 
-Cost: the fit ``2 iters * sample * B * d`` (B buckets, 1.6 sqrt(N) on a CPU, N / 8192 on a
-GPU), the assignment ``N B d``, the buckets ``sum_b |home_b| |probed_b| d`` (pairs) and
-``N p (N / B) d`` (neighbours), and the samples' exact searches ``2 * 1,000 N d``. Memory
-beyond ``X``: one bucket's rows, ``N * probes`` bucket ids, the ``(N, c)`` lists, the
-tiles within ``memory_bytes``.
+Cost: the fit ``iters * sample * B * d`` (4 iterations) (B buckets, 1.6 sqrt(N) on a CPU, N / 8192 on a
+GPU), the ranking ``N B d``, the scan ``sum_b |queries of b| |b| d`` (about ``N p (N / B) d``;
+measured 1.2x that on a realistic store: big buckets are probed more), the slack rule when it
+runs ``sum_b |home_b| |probed_b| d``, and the sample's exact search ``1,000 N d``. Memory
+beyond ``X``: the ``(N, k + 2)`` lists and ``(N, 16)`` buffers, ``N * p`` bucket ids, one
+tile per thread within ``memory_bytes``.
 """
 
 from __future__ import annotations
