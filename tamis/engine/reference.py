@@ -53,10 +53,11 @@ import pyarrow as pa
 from ..errors import ConfigError
 from ..io.index_file import IndexData, OpenIndex
 from ..kernels.pairs import compact_pairs
-from ..kernels.topk import empty_topk, merge_topk
+from ..kernels.topk import empty_topk
 from .backend import to_host
 from .search.exact import exact_rows
 from .search.kmeans import nearest_centroid, probe_order, spherical_kmeans
+from .search.probing import probe_buckets
 from .search.recall import knn_recall, recall_sample
 from .search.refine import rank_rows, refine_neighbours, rescore_pairs
 from .search.registry import EXACT_WORK, KNN_RECALL
@@ -400,51 +401,17 @@ def _exact_neighbours(Q, ref, k, xp, memory_bytes, progress, rows=None):
 
 def _probe(Q, ref, lo, hi, best, c, xp, memory):
     """Merge the buckets ranked ``lo .. hi - 1`` (by centroid similarity) of every batch row into
-    its running top-``c`` lists (indices: places in ``ref.perm``). The buckets are shared out
-    between the worker threads (each bucket read and widened once), each thread keeps lists of
-    its own, and the lists are merged at the end (the same total order as :func:`merge_topk`:
-    similarity, then index); every thread's BLAS is single-threaded (small products on a shared
-    CPU are many times faster so)."""
+    its running top-``c`` lists (indices: places in ``ref.perm``): the ivf engine's bucket scan
+    (:func:`~tamis.engine.search.probing.probe_buckets`), each bucket read once and widened to
+    the tile dtype, on the CPU's threads."""
     dtype = tile_dtype(Q, xp, False)
-    plan = plan_for(xp)
-    B = int(Q.shape[0])
-    probes = to_host(probe_order(Q, xp.asarray(ref.centroids), lo, hi, xp, memory))
-    flat = probes.reshape(-1)
-    queries = np.argsort(flat, kind="stable") // (hi - lo)
-    flat = np.sort(flat, kind="stable")
-    cuts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1], True])
-    groups = list(range(len(cuts) - 1))
-    work = np.array([int(ref.offsets[flat[cuts[g]] + 1] - ref.offsets[flat[cuts[g]]]) * int(cuts[g + 1] - cuts[g])
-                     for g in groups], dtype=np.int64)
-    shares: list[list[int]] = [[] for _ in range(max(1, plan.workers))]
-    load = np.zeros(len(shares))
-    for g in np.argsort(-work, kind="stable"):      # biggest first, each to the least loaded thread
-        t = int(np.argmin(load))
-        shares[t].append(int(g))
-        load[t] += work[g]
+    probes = probe_order(Q, xp.asarray(ref.centroids), lo, hi, xp, memory)
 
-    def share(number: int) -> tuple[Any, Any]:
-        lists = best if number == 0 else empty_topk(B, c, xp)
-        best_sim, best_idx = lists
-        for g in shares[number]:
-            b = int(flat[cuts[g]])
-            o0, o1 = int(ref.offsets[b]), int(ref.offsets[b + 1])
-            if o1 == o0:
-                continue
-            R = ref.take(ref.perm[o0:o1]).astype(dtype, copy=False)
-            q = xp.asarray(queries[cuts[g]:cuts[g + 1]])
-            for a, z in spans(int(q.shape[0]), max(1, memory // (6 * (o1 - o0) * len(shares)))):
-                qq = q[a:z]
-                S = (Q[qq].astype(dtype, copy=False) @ R.T).astype(xp.float32, copy=False)
-                best_sim[qq], best_idx[qq] = merge_topk(S, o0, None, best_sim[qq], best_idx[qq], c, xp)
-        return best_sim, best_idx
+    def rows_of(b: int) -> Any:
+        return ref.take(ref.perm[int(ref.offsets[b]):int(ref.offsets[b + 1])]).astype(dtype, copy=False)
 
-    found = [f for f in parallel_map(share, list(range(len(shares))), plan)]
-    if len(found) == 1:
-        return found[0]
-    sims, idx = rank_rows(xp.concatenate([f[0] for f in found], axis=1), xp.concatenate([f[1] for f in found], axis=1),
-                          xp)
-    return sims[:, :c], idx[:, :c]
+    best_sim, best_idx, _ = probe_buckets(Q, probes, np.asarray(ref.offsets), rows_of, best, c, xp, memory, dtype)
+    return best_sim, best_idx
 
 
 def _bucket_neighbours(Q, ref, k, xp, memory_bytes, seed, progress):

@@ -38,15 +38,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ....io.readers import Partition
-from ....kernels.topk import empty_topk, merge_topk
+from ....kernels.topk import empty_topk
 from ...search.exact import n_candidates, pairs_in_block, sort_pairs
 from ...search.ivf import KMEANS_ITERS, KNN_PROBES, PAIR_ROUNDS, SAMPLE_ROWS
 from ...search.kmeans import bucket_members, probe_order, spherical_kmeans
+from ...search.probing import probe_buckets
 from ...search.recall import knn_recall, recall_against, recall_sample
 from ...search.refine import block_scorer, refine_neighbours
 from ...search.registry import KNN_RECALL, PAIR_RECALL
@@ -152,9 +153,6 @@ def bucket_knn_partition(spec: ReadSpec, parts: tuple[Partition, ...], n_valid: 
     m, n_lists = n_valid[i], len(centroids)
     c = n_candidates(k, sum(n_valid) - 1)
     lists = backend.to_host(probe_order(queries, xp.asarray(centroids), probes[0], probes[1], xp, memory_bytes))
-    flat = lists.reshape(-1)
-    q_of = np.argsort(flat, kind="stable") // lists.shape[1]        # query rows grouped by list
-    q_start = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=n_lists))])
     if start is None:
         best_sim, best_idx = empty_topk(m, c, xp)
     else:
@@ -168,27 +166,28 @@ def bucket_knn_partition(spec: ReadSpec, parts: tuple[Partition, ...], n_valid: 
         columns = load(j)[xp.asarray(perm)]
         ours = (best_idx >= offsets[j]) & (best_idx < offsets[j] + n_valid[j])   # j's ids -> positions in perm
         best_idx[ours] = offsets[j] + xp.asarray(where)[best_idx[ours] - offsets[j]]
-        for lst in range(n_lists):
-            c0, c1 = int(h_start[lst]), int(h_start[lst + 1])
-            q = q_of[q_start[lst]:q_start[lst + 1]]
-            if c1 == c0 or not len(q):
-                continue
-            chunk = max(1, memory_bytes // (6 * (c1 - c0)))
-            for s in range(0, len(q), chunk):
-                rows = q[s:s + chunk]
-                tile = xp.asarray(queries[xp.asarray(rows)], dtype=xp.float32) @ \
-                    xp.asarray(columns[c0:c1], dtype=xp.float32).T
-                if j == i:                                            # a row is not its own neighbour
-                    own = (where[rows] >= c0) & (where[rows] < c1)
-                    tile[xp.asarray(np.flatnonzero(own)), xp.asarray(where[rows[own]] - c0)] = -np.inf
-                idx = xp.asarray(rows)
-                best_sim[idx], best_idx[idx] = merge_topk(tile, offsets[j] + c0, None, best_sim[idx], best_idx[idx],
-                                                          c, xp)
+        # the local engine's bucket scan over this partition's lists (one implementation)
+        best_sim, best_idx, _ = probe_buckets(
+            queries, lists, h_start + offsets[j],
+            lambda b, h_start=h_start, columns=columns: columns[int(h_start[b]):int(h_start[b + 1])].astype(
+                xp.float32, copy=False),
+            (best_sim, best_idx), c, xp, memory_bytes, "float32",
+            _self_entries(xp.asarray(where), h_start, xp) if j == i else None)   # a row is not its own neighbour
         ours = (best_idx >= offsets[j]) & (best_idx < offsets[j] + n_valid[j])   # positions in perm -> j's ids
         best_idx[ours] = offsets[j] + xp.asarray(perm)[best_idx[ours] - offsets[j]]
     score = block_scorer(queries, list(offsets), list(n_valid), load, xp)
     idx, sims, _ = refine_neighbours(best_idx, k, score, xp)
     return {"raw_idx": backend.to_host(best_idx), "raw_sim": backend.to_host(best_sim), "idx": idx, "sim": sims}
+
+
+def _self_entries(place: Any, h_start: np.ndarray, xp: Any) -> Callable[[Any, int], tuple[Any, Any]]:
+    """``own(q, b)`` of :func:`~tamis.engine.search.probing.probe_buckets`: the queries ``q`` (rows
+    of this partition, at ``place`` in its bucket order) that sit in bucket ``b``, and where."""
+    def own(q: Any, b: int) -> tuple[Any, Any]:
+        at = place[q]
+        mine = xp.flatnonzero((at >= int(h_start[b])) & (at < int(h_start[b + 1])))
+        return mine, at[mine] - int(h_start[b])
+    return own
 
 
 # ---------------------------------------------------------------------------- client side
