@@ -11,7 +11,9 @@ the device plan (:class:`Plan`) gives the default budget, tile shape and worker 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import math
 import os
 import threading
@@ -84,12 +86,24 @@ def spans(n: int, step: int) -> list[tuple[int, int]]:
 
 def parallel_map(fn: Callable[[Any], Any], items: list, plan: Plan) -> Iterator[Any]:
     """``map(fn, items)`` in order; on a CPU over ``plan.workers`` threads, each with a
-    single-threaded BLAS (NumPy releases the GIL in matmuls and ufuncs)."""
+    single-threaded BLAS (NumPy releases the GIL in matmuls and ufuncs). At most
+    ``2 * workers`` items are in flight, so results a slower consumer has not taken yet do
+    not pile up in memory (``Executor.map`` would start every item at once)."""
     if plan.workers <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
+    pending = iter(items)
     with _blas_threads(1), ThreadPoolExecutor(plan.workers) as pool:
-        yield from pool.map(fn, items)
+        running = collections.deque(pool.submit(fn, item) for item in itertools.islice(pending, 2 * plan.workers))
+        try:
+            while running:
+                result = running.popleft().result()
+                for item in itertools.islice(pending, 1):
+                    running.append(pool.submit(fn, item))
+                yield result
+        finally:
+            for future in running:
+                future.cancel()
 
 
 def _blas_threads(n: int) -> Any:
