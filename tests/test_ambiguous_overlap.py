@@ -52,3 +52,14 @@ def test_rows_between_two_classes_are_ambiguous_and_a_wrong_label_is_not():
     assert {between[r] for r in ambiguous & set(middle)} == {"0 | 1", "1 | 0"} or \
         all(set(between[r].split(" | ")) == {"0", "1"} for r in ambiguous & set(middle))
     assert report.exclusions.num_rows == report.counts()["label_error"]   # ambiguous excludes nothing
+
+
+def test_top_two_classes_equal_a_stable_descending_sort():
+    """The blocked top-two (no (M, C) sort) ranks like a stable sort: ties to the lower class."""
+    from tamis.checks.ambiguous import _top_two
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m, c = int(rng.integers(1, 50)), int(rng.integers(2, 12))
+        P = (rng.integers(0, 4, (m, c)) / 4).astype(np.float32)            # ties everywhere
+        want = np.argsort(-P, axis=1, kind="stable")[:, :2]
+        np.testing.assert_array_equal(_top_two(P, block_cells=int(rng.integers(1, 100))), want)
