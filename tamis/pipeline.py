@@ -24,6 +24,7 @@ from ._version import __version__
 from .checks import REGISTRY, CheckResult, make_checks
 from .checks.shared.reference import matches_table
 from .config import (
+    DEFAULT_K,
     DEFAULTS,
     NEAR_DUPLICATE_SWEEP,
     ColumnSpec,
@@ -376,6 +377,9 @@ def _run(store: Store, backend: Backend, config: ScanConfig, selected: list, ses
                 choice = choose_threshold(ctx, config.near_duplicate_fraction, NEAR_DUPLICATE_SWEEP)
             config.threshold = choice["threshold"]   # every duplicate-family check's default from here on
             log.warning("near-duplicate threshold %g: %s", choice["threshold"], choice["reason"])
+        if any(check.uses_neighbours for check in runnable):
+            # the graph will be built: the pair search shares its bucket scan (lists long enough for k)
+            ctx.search_state["neighbours_k"] = config.k or DEFAULT_K
         for check in runnable:
             log.info("running %s", check.name)
             with ctx.timed(f"check:{check.name}"):

@@ -156,7 +156,7 @@ def clustered(n=4000, d=32, seed=0):
 
 def test_ivf_pairs_come_from_the_neighbour_scan_and_the_graph_goes_on_from_it():
     X = clustered()
-    state = {}
+    state = {"neighbours_k": 10}                                     # a graph will follow
     pairs = find_pairs(X, 0.9, engine="ivf", state=state)
     assert pairs.info["rule"] == "nearest buckets" and pairs.info["recall"] >= 0.99
     exact = find_pairs(X, 0.9, engine="exact")
@@ -176,7 +176,7 @@ def test_ivf_pairs_fall_back_to_the_slack_rule_when_the_scan_misses():
     """One probe (the home bucket) misses pairs across buckets; the sample sees it and the
     slack rule runs, which finds them."""
     X = clustered(seed=1)
-    got = find_pairs(X, 0.8, engine="ivf", n_probe=1, n_buckets=60)
+    got = find_pairs(X, 0.8, engine="ivf", n_probe=1, n_buckets=60, state={"neighbours_k": 10})
     assert got.info["rule"] == "slack"
     exact = find_pairs(X, 0.8, engine="exact")
     assert len(got.row_a) >= 0.99 * len(exact.row_a)
@@ -185,7 +185,7 @@ def test_ivf_pairs_fall_back_to_the_slack_rule_when_the_scan_misses():
 def test_ivf_pairs_with_a_bigger_k_later_search_again():
     """A graph with more neighbours than the scan's lists keep is searched afresh (and right)."""
     X = clustered(seed=2)
-    state = {}
+    state = {"neighbours_k": 10}
     find_pairs(X, 0.9, engine="ivf", state=state)
     got = knn_graph(X, 30, engine="ivf", state=state)
     alone = knn_graph(X, 30, engine="ivf")
@@ -205,3 +205,23 @@ def test_probe_order_is_one_total_order_with_ties(lo, hi):
     S = X @ C.T
     want = np.lexsort((np.broadcast_to(np.arange(9), S.shape), -S), axis=1)[:, lo:hi]
     np.testing.assert_array_equal(got, want)
+
+
+def test_ivf_pairs_alone_use_the_slack_rule():
+    """No graph announced: the pair search runs the slack rule (faster alone) and keeps no scan."""
+    X = clustered(seed=3)
+    state = {}
+    got = find_pairs(X, 0.9, engine="ivf", state=state)
+    assert got.info["rule"] == "slack"
+    assert not any(isinstance(key, tuple) and key[0] == "ivf_scan" for key in state)
+
+
+def test_a_scan_shares_the_bucket_scan_only_when_a_check_reads_the_graph(tmp_path):
+    import tamis
+    X = clustered(n=3000, seed=4)
+    labels = np.arange(len(X)) % 7
+    both = tamis.scan({"embeddings": X, "labels": labels}, device="cpu", engine="ivf",
+                      checks=["near_duplicate", "label_error"])
+    assert both.summary["search"]["pairs"]["rule"] == "nearest buckets"
+    alone = tamis.scan({"embeddings": X, "labels": labels}, device="cpu", engine="ivf", checks=["near_duplicate"])
+    assert alone.summary["search"]["pairs"]["rule"] == "slack"

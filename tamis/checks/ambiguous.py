@@ -28,6 +28,7 @@ from .views import Field, Samples
 class Ambiguous(Check):
     name = "ambiguous"
     requires = ("labels",)
+    uses_neighbours = True
     requires_any = ("embeddings", "pred_probs")
     description = "rows split between two likely classes, their given label one of them (hard, not wrong)"
     gallery = Samples(fields=(Field("label", "given"), Field("ambiguous_between", "between")), score_caption="margin")

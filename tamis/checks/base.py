@@ -65,6 +65,9 @@ class Check:
     #: whether the check looks at rows with unusable embeddings (only ``invalid`` does; the others
     #: leave them out, and a store with no usable row skips them)
     uses_invalid_rows: ClassVar[bool] = False
+    #: whether the check reads the neighbour graph (directly or through neighbour votes): when one
+    #: of a run's checks does, the pair search and the graph share one bucket scan
+    uses_neighbours: ClassVar[bool] = False
     #: how the report shows the flagged rows (:mod:`.views`); default: cards, with the split
     gallery: ClassVar[View] = Samples(fields=(Field("split", "split"),))
     #: summary cards the report shows for this check's tables or summary (:mod:`.views`)

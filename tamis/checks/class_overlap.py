@@ -29,6 +29,7 @@ from .views import Field, Samples, Table
 class ClassOverlap(Check):
     name = "class_overlap"
     requires = ("labels",)
+    uses_neighbours = True
     requires_any = ("embeddings", "pred_probs")
     description = "class pairs the embeddings or pred_probs confuse both ways (merge or relabel)"
     gallery = Samples(fields=(Field("label", "given"), Field("overlaps_with", "confused with")))

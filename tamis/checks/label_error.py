@@ -57,6 +57,7 @@ from .views import Field, Samples, Table
 class LabelError(Check):
     name = "label_error"
     requires = ("labels",)
+    uses_neighbours = True
     requires_any = ("embeddings", "pred_probs")
     description = "likely wrong labels, from neighbourhoods and/or a model's pred_probs (confident learning)"
     gallery = Samples(fields=(Field("label", "given"), Field("suggested_label", "suggested")))

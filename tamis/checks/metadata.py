@@ -77,6 +77,7 @@ NOTES_PER_ROW = 3
 class Metadata(Check):
     name = "metadata"
     requires = ("metadata",)
+    uses_neighbours = True
     description = ("the store's other columns: missing and disguised-missing values, types, spellings, leaky "
                    "predictors, split shift")
     gallery = Samples(fields=(Field("metadata_finding", "finding"),), score_caption="score")

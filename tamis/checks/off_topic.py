@@ -69,6 +69,7 @@ class _Anything:
 class OffTopic(Check):
     name = "off_topic"
     requires = ("embeddings", "labels")
+    uses_neighbours = True
     description = "junk clusters far from every class, with mixed labels; rows unlike their class's references"
     gallery = Groups(table="off_topic_clusters")
     _parameter_constraints = {

@@ -27,6 +27,7 @@ from .shared.centroids import class_centroids
 class Outlier(Check):
     name = "outlier"
     requires = ("embeddings",)
+    uses_neighbours = True
     description = "rows far from their nearest neighbours (and from their own class)"
     _parameter_constraints = {
         "k": Interval(int, 1, None, none_ok=True),

@@ -23,6 +23,7 @@ from .leakage import TRAIN_NAMES
 class SplitShift(Check):
     name = "split_shift"
     requires = ("embeddings", "split")
+    uses_neighbours = True
     description = "evaluation rows with no neighbour in the training split; splits that keep to themselves"
     _parameter_constraints = {"k": Interval(int, 1, None, none_ok=True)}
 

@@ -63,9 +63,9 @@ class RunContext:
         self.executor = executor or LocalExecutor()
         #: what the similarity search ran (engine, exactness, measured recall), for summary.json
         self.search_info: dict[str, dict] = {}
-        #: shared between the pair search and the neighbour graph (e.g. the ivf engine's k-means
-        #: and its nearest-buckets scan, whose lists are kept long enough for the graph's k)
-        self.search_state: dict = {"neighbours_k": self.config.k} if self.config.k else {}
+        #: shared between the pair search and the neighbour graph (e.g. the ivf engine's k-means;
+        #: ``"neighbours_k"``, set when a check will read the graph, lets both share one scan)
+        self.search_state: dict = {}
         self.backend = backend
         self.xp = backend.xp
         self.progress = progress or Progress(enabled=False)

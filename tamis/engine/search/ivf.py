@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from ...config import DEFAULT_K
 from ...kernels.topk import empty_topk
 from ..backend import to_host
 from .exact import exact_neighbours, sort_pairs
@@ -218,9 +217,10 @@ class IvfEngine(SearchEngine):
         rounds = PAIR_ROUNDS if probes is None and slack is None else \
             ((check_unit("probe_slack", 0.3 if slack is None else slack, "0.3", closed_low=True), probes or 24),)
         sample = recall_sample(n, SAMPLE_ROWS, opt.seed)
-        if probes is None and slack is None:
-            # first the neighbour scan's tiles (each row against its nearest buckets), which the
-            # neighbour graph then goes on from: the pairs they hold, if the sample finds them all
+        if probes is None and slack is None and opt.state.get("neighbours_k"):
+            # a graph will follow (the caller says so): first the neighbour scan's tiles (each row
+            # against its nearest buckets), which the graph then goes on from: the pairs they
+            # hold, if the sample finds them all (alone, the slack rule is the faster search)
             scan = _scan(X, opt, min(n - 1, _expected_k(opt) + APPROXIMATE_EXTRA))
             if scan.hi == 0:
                 first, _, _ = _first_probes(n_buckets, opt)
@@ -316,7 +316,7 @@ def _truth_key(n: int, opt: SearchOptions, k: int) -> tuple:
 
 
 def _expected_k(opt: SearchOptions) -> int:
-    """The k the scan's neighbour graph will ask for (``opt.state["neighbours_k"]``, set by the
-    run), so that the pair search's tiles keep lists it can go on from."""
-    k = opt.state.get("neighbours_k")
-    return int(k) if k else DEFAULT_K
+    """The k the scan's neighbour graph will ask for (``opt.state["neighbours_k"]``, set by a run
+    with a check that reads the graph), so that the pair search's tiles keep lists it can go on
+    from."""
+    return int(opt.state["neighbours_k"])
