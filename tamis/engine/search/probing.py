@@ -1,7 +1,8 @@
 """Probing inverted lists: the rows of each query's probed buckets merged into its top-c lists.
 
-The neighbour search of the ``ivf`` engine (and the batch search of ``--against``) compares
-every query row with the rows of the buckets it probes. :func:`probe_buckets` groups that
+The neighbour search of the ``ivf`` engine (whose tiles also give the pair search's pairs when
+a graph follows), of ``--against`` and of the Dask bucketed graph compares every query row
+with the rows of the buckets it probes. :func:`probe_buckets` groups that
 work by bucket: one product ``queries of b x rows of b`` per bucket, on the CPU's threads
 (single-threaded BLAS each) or the GPU's stream, and keeps, per query, only the tile entries
 that can still enter its list:
