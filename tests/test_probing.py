@@ -225,3 +225,20 @@ def test_a_scan_shares_the_bucket_scan_only_when_a_check_reads_the_graph(tmp_pat
     assert both.summary["search"]["pairs"]["rule"] == "nearest buckets"
     alone = tamis.scan({"embeddings": X, "labels": labels}, device="cpu", engine="ivf", checks=["near_duplicate"])
     assert alone.summary["search"]["pairs"]["rule"] == "slack"
+
+
+def test_the_pair_budget_counts_a_pair_once_when_the_scan_sees_it_from_both_rows():
+    """The bucket scan meets a pair from each of its rows: a budget just above the true pair
+    count is enough, and one below it stops with the budget's own number in the message."""
+    from tamis.errors import PairLimitError
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((60, 16))
+    X = centres[rng.integers(0, 60, 1200)] + 0.05 * rng.standard_normal((1200, 16))
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    n_true = len(find_pairs(X, 0.95, engine="exact").row_a)
+    assert n_true > 1000
+    state = {"neighbours_k": 10}
+    got = find_pairs(X, 0.95, engine="ivf", state=state, max_pairs=int(n_true * 1.05))
+    assert got.info["rule"] == "nearest buckets" and len(got.row_a) >= 0.99 * n_true
+    with pytest.raises(PairLimitError, match=f"more than {n_true // 3:,} pairs"):
+        find_pairs(X, 0.95, engine="ivf", state={"neighbours_k": 10}, max_pairs=n_true // 3)

@@ -225,7 +225,7 @@ class IvfEngine(SearchEngine):
             if scan.hi == 0:
                 first, _, _ = _first_probes(n_buckets, opt)
                 key = scan.extend(first, threshold - tile_margin(int(X.shape[1]), scan.dtype),
-                                  PairBudget(opt.max_pairs, threshold))
+                                  PairBudget(opt.max_pairs, threshold, sides=2))   # seen from both rows
                 a, b, s = sort_pairs([rescore_pairs(X, X, key // n, key % n, threshold, xp)], n, xp)
                 if opt.progress is not None:
                     opt.progress(n)

@@ -120,9 +120,11 @@ class PairBudget:
     yield them (thread-safe: strips run on several threads), so a threshold that gives too
     many pairs stops with a :class:`~tamis.errors.PairLimitError` long before memory runs out."""
 
-    def __init__(self, limit: int | None, threshold: float):
+    def __init__(self, limit: int | None, threshold: float, sides: int = 1):
         self.limit = limit
         self.threshold = threshold
+        #: how many times the search may see one pair (the bucket scan sees it from both rows)
+        self.sides = sides
         self.taken = 0
         self._lock = threading.Lock()
 
@@ -131,7 +133,7 @@ class PairBudget:
             return
         with self._lock:
             self.taken += int(n)
-            over = self.taken > self.limit
+            over = self.taken > self.limit * self.sides
         if over:
             raise PairLimitError(
                 f"threshold {self.threshold:g} gives more than {self.limit:,} pairs (the scan's pair budget, "
