@@ -114,47 +114,22 @@ def prepare(X: Any, xp: ModuleType | None = None, name: str = "X",
 
 
 def canonical_dot(A: Any, B: Any, ia: Any, ib: Any, xp: ModuleType) -> Any:
-    """float64 ``A[ia[t]] . B[ib[t]]`` for every t, bit-identical on every device.
-
-    Products in float64 (exact), summed by the fixed tree of the module docstring (halves
-    added in place), in chunks: :data:`CPU_CHUNK_ELEMENTS` (2 MiB, within a core's caches;
-    measured fastest, 1.3x 512 KiB; spread over the CPU's threads) or
-    :data:`GPU_CHUNK_ELEMENTS` (64 MiB) float64 products at a time.
-    O(len(ia) d); the chunking changes nothing in the result.
-    """
-    n = int(ia.shape[0])
-    d = int(A.shape[1])
-    width = 1 << max(0, (d - 1).bit_length())
-    out = xp.empty(n, dtype=xp.float64)
-    elements = CPU_CHUNK_ELEMENTS if xp is np else GPU_CHUNK_ELEMENTS
-    chunk = max(1, elements // width)
-
-    def run(span: tuple[int, int]) -> None:
-        s, e = span
-        P = xp.empty((e - s, width), dtype=xp.float64)
-        xp.multiply(A[ia[s:e]], B[ib[s:e]], out=P[:, :d], dtype=xp.float64)
-        if width > d:
-            P[:, d:] = 0
-        half = width
-        while half > 1:
-            half //= 2
-            xp.add(P[:, :half], P[:, half:2 * half], out=P[:, :half])
-        out[s:e] = P[:, 0]
-
-    work = spans(n, chunk)
-    # threads take runs of chunks (one task per chunk would cost more than it saves)
-    groups = [work[g:g + 64] for g in range(0, len(work), 64)]
-    for _ in parallel_map(lambda group: [run(span) for span in group], groups, plan_for(xp)):
-        pass
-    return out
+    """float64 ``A[ia[t]] . B[ib[t]]`` for every t, bit-identical on every device: each pair as
+    :func:`canonical_dot_rows` of one candidate (the one implementation of the fixed tree;
+    measured as fast as a loop of its own). O(len(ia) d); the chunking changes nothing."""
+    return canonical_dot_rows(A, B, ia, ib.reshape(-1, 1), xp)[:, 0]
 
 
 def canonical_dot_rows(A: Any, B: Any, ia: Any, ib: Any, xp: ModuleType) -> Any:
-    """``(m, c)`` float64 ``A[ia[i]] . B[ib[i, j]]``: :func:`canonical_dot` of every row with
-    each of its ``c`` candidates (entries of ``ib`` < 0 give 0; the caller masks them), with
-    the same products and the same tree, so the values are bit-identical to it; each row of
-    ``A`` is read once for its candidates, and the tree's first level is added as the two
-    halves of the products are made. O(m c d)."""
+    """``(m, c)`` float64 ``A[ia[i]] . B[ib[i, j]]``: the canonical similarity of every row with
+    each of its ``c`` candidates (entries of ``ib`` < 0 give 0; the caller masks them).
+
+    Products in float64 (exact), summed by the fixed tree of the module docstring; each row
+    of ``A`` is read once for its candidates, and the tree's first level is added as the two
+    halves of the products are made. In chunks: :data:`CPU_CHUNK_ELEMENTS` (2 MiB, within a
+    core's caches; measured fastest, 1.3x 512 KiB; spread over the CPU's threads) or
+    :data:`GPU_CHUNK_ELEMENTS` (64 MiB) float64 products at a time. O(m c d); the chunking
+    changes nothing in the result."""
     m, c = (int(v) for v in ib.shape)
     d = int(A.shape[1])
     width = 1 << max(0, (d - 1).bit_length())
