@@ -118,7 +118,13 @@ def _bucket_pairs(X: Any, threshold: float, cents: Any, probes: int, slack: floa
             progress(h)
     if not found_r:
         return sort_pairs([], n, xp)
-    r, c = xp.concatenate(found_r), xp.concatenate(found_c)
+    return _canonical_pairs(X, xp.concatenate(found_r), xp.concatenate(found_c), threshold, xp)
+
+
+def _canonical_pairs(X: Any, r: Any, c: Any, threshold: float, xp: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate row pairs (either order, repeats allowed) -> the sorted pairs ``a < b`` whose
+    canonical similarity is ``>= threshold``, on the host."""
+    n = int(X.shape[0])
     key = xp.unique(xp.minimum(r, c) * n + xp.maximum(r, c))
     return sort_pairs([rescore_pairs(X, X, key // n, key % n, threshold, xp)], n, xp)
 
@@ -141,7 +147,7 @@ class _Scan:
         self.offsets = to_host(xp.concatenate([xp.zeros(1, dtype=xp.int64),
                                                xp.cumsum(xp.bincount(home, minlength=n_lists))]))
         self.best = empty_topk(n, c, xp)
-        self.hi = 0
+        self.first, self.hi = first, 0
 
     def rows_of(self, b: int) -> Any:
         return self.X[self.perm[int(self.offsets[b]):int(self.offsets[b + 1])]].astype(self.dtype, copy=False)
@@ -155,7 +161,7 @@ class _Scan:
 
     def extend(self, hi: int, pair_cutoff: float | None = None, budget: Any = None) -> Any:
         """Search the buckets ranked ``self.hi .. hi - 1``; with ``pair_cutoff``, also return the
-        ``(row, row)`` id pairs of every tile entry at or above it (each unordered pair once)."""
+        ``(row ids, row ids)`` of every tile entry at or above it (a pair may come twice)."""
         xp, opt = self.xp, self.opt
         ranks = self.ranks if self.hi == 0 else probe_order(self.X, self.cents, self.hi, hi, xp, self.memory)
         tick = (lambda: opt.progress(0)) if opt.progress is not None else None
@@ -165,9 +171,7 @@ class _Scan:
         if found is None:
             return None
         q, pos = found
-        n = int(self.X.shape[0])
-        other = self.perm[pos]
-        return xp.unique(xp.minimum(q, other) * n + xp.maximum(q, other))
+        return q, self.perm[pos]
 
     def candidates(self, rows: Any = None) -> Any:
         """Global ids of the running lists (of ``rows``, default all), -1 where empty."""
@@ -188,7 +192,7 @@ def _scan(X: Any, opt: SearchOptions, c: int) -> _Scan:
     first round, else a new one (kept there)."""
     cents = centroids(X, opt)
     first, _, _ = _first_probes(int(cents.shape[0]), opt)
-    key = ("ivf_scan", int(X.shape[0]), int(cents.shape[0]), opt.seed)
+    key = _scan_key(X, cents, opt)
     scan = opt.state.get(key)
     if scan is None or scan.c < c or scan.X is not X:
         scan = opt.state[key] = _Scan(X, cents, c, first, opt)
@@ -221,25 +225,24 @@ class IvfEngine(SearchEngine):
             # a graph will follow (the caller says so): first the neighbour scan's tiles (each row
             # against its nearest buckets), which the graph then goes on from: the pairs they
             # hold, if the sample finds them all (alone, the slack rule is the faster search)
-            scan = _scan(X, opt, min(n - 1, _expected_k(opt) + APPROXIMATE_EXTRA))
+            k = min(n - 1, int(opt.state["neighbours_k"]))
+            scan = _scan(X, opt, min(n - 1, k + APPROXIMATE_EXTRA))
             if scan.hi == 0:
-                first, _, _ = _first_probes(n_buckets, opt)
-                key = scan.extend(first, threshold - tile_margin(int(X.shape[1]), scan.dtype),
-                                  PairBudget(opt.max_pairs, threshold, sides=2))   # seen from both rows
-                a, b, s = sort_pairs([rescore_pairs(X, X, key // n, key % n, threshold, xp)], n, xp)
+                r, c = scan.extend(scan.first, threshold - tile_margin(int(X.shape[1]), scan.dtype),
+                                   PairBudget(opt.max_pairs, threshold, sides=2))   # seen from both rows
+                a, b, s = _canonical_pairs(X, r, c, threshold, xp)
                 if opt.progress is not None:
                     opt.progress(n)
                 # the sample's true pairs and its exact neighbours (for the graph) in one pass
-                _, truth, _, (qa, qb) = exact_neighbours(X, scan.c - APPROXIMATE_EXTRA, opt, rows=sample,
-                                                         pair_threshold=threshold)
-                opt.state[_truth_key(n, opt, scan.c - APPROXIMATE_EXTRA)] = truth
+                _, truth, _, (qa, qb) = exact_neighbours(X, k, opt, rows=sample, pair_threshold=threshold)
+                opt.state[_truth_key(n, opt, k)] = truth
                 recall, n_true = recall_against(qa, qb, a, b, n)
                 log.info("ivf pairs: the neighbour scan's %d nearest of %d buckets: sample recall %.4f (%d pairs)",
-                         first, n_buckets, recall, n_true)
+                         scan.first, n_buckets, recall, n_true)
                 if recall >= target:
                     return a, b, s, {"engine": self.name, "exact": False, "recall": recall, "recall_target": target,
                                      "recall_sample_rows": int(len(sample)), "recall_sample_pairs": n_true,
-                                     "buckets": n_buckets, "rule": "nearest buckets", "probes": first}
+                                     "buckets": n_buckets, "rule": "nearest buckets", "probes": scan.first}
         for number, (sl, pr) in enumerate(rounds):
             pr = min(pr or n_buckets, n_buckets)
             a, b, s = _bucket_pairs(X, threshold, cents, pr, sl * math.sqrt(2.0 - 2.0 * threshold), opt,
@@ -264,7 +267,7 @@ class IvfEngine(SearchEngine):
         first, top, fixed = _first_probes(n_lists, opt)
         c = min(n - 1, k + APPROXIMATE_EXTRA)
         scan = _scan(X, opt, c)
-        opt.state.pop(("ivf_scan", n, n_lists, opt.seed), None)      # the graph is its last use
+        opt.state.pop(_scan_key(X, cents, opt), None)                # the graph is its last use
         sample = recall_sample(n, SAMPLE_ROWS, opt.seed)
         truth = opt.state.pop(_truth_key(n, opt, k), None)       # measured with the pairs
         if fixed:
@@ -311,12 +314,10 @@ class IvfEngine(SearchEngine):
                            "buckets": n_lists, "probes": hi, "rows_completed_exactly": int(short.size)}
 
 
+def _scan_key(X: Any, cents: Any, opt: SearchOptions) -> tuple:
+    return ("ivf_scan", int(X.shape[0]), int(cents.shape[0]), opt.seed)
+
+
 def _truth_key(n: int, opt: SearchOptions, k: int) -> tuple:
+    """Where the pair search leaves the sample's exact k-neighbour similarities for the graph."""
     return ("ivf_sample_truth", n, opt.seed, k)
-
-
-def _expected_k(opt: SearchOptions) -> int:
-    """The k the scan's neighbour graph will ask for (``opt.state["neighbours_k"]``, set by a run
-    with a check that reads the graph), so that the pair search's tiles keep lists it can go on
-    from."""
-    return int(opt.state["neighbours_k"])

@@ -127,16 +127,15 @@ def probe_buckets(Q: Any, probes: Any, offsets: np.ndarray, bucket_rows: Callabl
     buf_sim[:, :c], buf_idx[:, :c] = best_sim, best_idx
     fill = (best_idx >= 0).sum(axis=1).astype(xp.int64)
 
-    def compact(rows: Any) -> None:
-        """Keep the ``c`` best entries of the buffers of ``rows`` (in their first slots)."""
-        if not rows.shape[0]:
-            return
-        top_sim, top_idx = topk_rows(buf_sim[rows], buf_idx[rows], c, xp, ordered=False)
+    def settle(rows: Any, sims: Any, ids: Any) -> None:
+        """The ``c`` best of the entries ``sims`` / ``ids`` (one row each of ``rows``) become those
+        rows' lists, in the first slots of emptied buffers, and raise their bounds."""
+        top_sim, top_idx = topk_rows(sims, ids, c, xp, ordered=False)
         buf_sim[rows] = -np.inf
         buf_idx[rows] = -1
         buf_sim[rows, :c], buf_idx[rows, :c] = top_sim, top_idx
         fill[rows] = (top_idx >= 0).sum(axis=1)
-        bound[rows] = xp.maximum(top_sim.min(axis=1), _LOWEST) if c else _LOWEST
+        bound[rows] = xp.maximum(top_sim.min(axis=1), _LOWEST)
 
     def merge_wide(which: Any, counts: Any, rows: Any, ids: Any, sims: Any, rank: Any) -> None:
         """Merge straight into the lists of the rows ``which`` (just compacted) their entries of
@@ -149,10 +148,7 @@ def probe_buckets(Q: Any, probes: Any, offsets: np.ndarray, bucket_rows: Callabl
         s_[:, :c], i_[:, :c] = buf_sim[which, :c], buf_idx[which, :c]
         s_[at[rows[sel]], c + rank[sel]] = sims[sel]
         i_[at[rows[sel]], c + rank[sel]] = ids[sel]
-        top_s, top_i = topk_rows(s_, i_, c, xp, ordered=False)
-        buf_sim[which, :c], buf_idx[which, :c] = top_s, top_i
-        fill[which] = (top_i >= 0).sum(axis=1)
-        bound[which] = xp.maximum(top_s.min(axis=1), _LOWEST)
+        settle(which, s_, i_)
 
     found_q, found_i = [], []
     for parts, pairs in parallel_map(tile, work, plan):
@@ -162,7 +158,8 @@ def probe_buckets(Q: Any, probes: Any, offsets: np.ndarray, bucket_rows: Callabl
             if not rows.shape[0]:
                 continue
             if bool((fill[tail] + count > width).any()):
-                compact(tail[fill[tail] + count > width])
+                full = tail[fill[tail] + count > width]
+                settle(full, buf_sim[full], buf_idx[full])          # keep each full buffer's c best
                 wide = fill[tail] + count > width                  # more than a buffer in one tile (ties)
                 if bool(wide.any()):
                     merge_wide(tail[wide], count[wide], rows, ids, sims, rank)
