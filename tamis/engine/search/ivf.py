@@ -43,7 +43,7 @@ from ...kernels.topk import empty_topk
 from ..backend import to_host
 from .exact import exact_neighbours, sort_pairs
 from .kmeans import bucket_members, probe_order, spherical_kmeans
-from .probing import probe_buckets
+from .probing import probe_buckets, self_entries
 from .recall import knn_recall, pair_recall, recall_against, recall_sample
 from .refine import refine_neighbours, rescore_pairs
 from .registry import (
@@ -152,21 +152,17 @@ class _Scan:
     def rows_of(self, b: int) -> Any:
         return self.X[self.perm[int(self.offsets[b]):int(self.offsets[b + 1])]].astype(self.dtype, copy=False)
 
-    def own(self, q: Any, b: int) -> tuple[Any, Any]:
-        xp = self.xp
-        ids = self.perm[int(self.offsets[b]):int(self.offsets[b + 1])]   # ascending row ids
-        at = xp.minimum(xp.searchsorted(ids, q), ids.shape[0] - 1)
-        mine = xp.flatnonzero(ids[at] == q)
-        return mine, at[mine]
-
     def extend(self, hi: int, pair_cutoff: float | None = None, budget: Any = None) -> Any:
         """Search the buckets ranked ``self.hi .. hi - 1``; with ``pair_cutoff``, also return the
         ``(row ids, row ids)`` of every tile entry at or above it (a pair may come twice)."""
         xp, opt = self.xp, self.opt
         ranks = self.ranks if self.hi == 0 else probe_order(self.X, self.cents, self.hi, hi, xp, self.memory)
         tick = (lambda: opt.progress(0)) if opt.progress is not None else None
+        place = xp.empty_like(self.perm)
+        place[self.perm] = xp.arange(self.perm.shape[0])           # each row's list index
         best_sim, best_idx, found = probe_buckets(self.X, ranks, self.offsets, self.rows_of, self.best, self.c,
-                                                  xp, self.memory, self.dtype, self.own, tick, pair_cutoff, budget)
+                                                  xp, self.memory, self.dtype, self_entries(place, self.offsets, xp),
+                                                  tick, pair_cutoff, budget)
         self.best, self.hi, self.ranks = (best_sim, best_idx), hi, None
         if found is None:
             return None

@@ -39,7 +39,7 @@ from ...kernels.topk import topk_rows
 from ..backend import to_host
 from .tiles import parallel_map, plan_for, spans
 
-__all__ = ["probe_buckets"]
+__all__ = ["probe_buckets", "self_entries"]
 
 #: buffer slots per query beyond the running lists (at most; see the module docstring)
 BUFFER_WIDTH = 16
@@ -197,3 +197,14 @@ def _runs(rows: Any, xp: ModuleType) -> tuple[Any, Any, Any]:
     lengths = xp.diff(xp.concatenate([starts, xp.asarray([n], dtype=starts.dtype)]))
     rank = xp.arange(n) - xp.repeat(starts, lengths)
     return rank, rows[starts], lengths
+
+
+def self_entries(place: Any, offsets: Any, xp: ModuleType) -> Callable[[Any, int], tuple[Any, Any]]:
+    """``own`` for :func:`probe_buckets` when the queries are the bucketed rows themselves:
+    ``place[q]`` is query row ``q``'s list index; returns the queries that sit in bucket ``b``
+    and their columns there (a row is not its own neighbour)."""
+    def own(q: Any, b: int) -> tuple[Any, Any]:
+        at = place[q]
+        mine = xp.flatnonzero((at >= int(offsets[b])) & (at < int(offsets[b + 1])))
+        return mine, at[mine] - int(offsets[b])
+    return own

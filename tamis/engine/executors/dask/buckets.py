@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +47,7 @@ from ....kernels.topk import empty_topk
 from ...search.exact import n_candidates, pairs_in_block, sort_pairs
 from ...search.ivf import KMEANS_ITERS, KNN_PROBES, PAIR_ROUNDS, SAMPLE_ROWS
 from ...search.kmeans import bucket_members, probe_order, spherical_kmeans
-from ...search.probing import probe_buckets
+from ...search.probing import probe_buckets, self_entries
 from ...search.recall import knn_recall, recall_against, recall_sample
 from ...search.refine import block_scorer, refine_neighbours
 from ...search.registry import KNN_RECALL, PAIR_RECALL
@@ -172,22 +172,12 @@ def bucket_knn_partition(spec: ReadSpec, parts: tuple[Partition, ...], n_valid: 
             lambda b, h_start=h_start, columns=columns: columns[int(h_start[b]):int(h_start[b + 1])].astype(
                 xp.float32, copy=False),
             (best_sim, best_idx), c, xp, memory_bytes, "float32",
-            _self_entries(xp.asarray(where), h_start, xp) if j == i else None)   # a row is not its own neighbour
+            self_entries(xp.asarray(where), h_start, xp) if j == i else None)   # a row is not its own neighbour
         ours = (best_idx >= offsets[j]) & (best_idx < offsets[j] + n_valid[j])   # positions in perm -> j's ids
         best_idx[ours] = offsets[j] + xp.asarray(perm)[best_idx[ours] - offsets[j]]
     score = block_scorer(queries, list(offsets), list(n_valid), load, xp)
     idx, sims, _ = refine_neighbours(best_idx, k, score, xp)
     return {"raw_idx": backend.to_host(best_idx), "raw_sim": backend.to_host(best_sim), "idx": idx, "sim": sims}
-
-
-def _self_entries(place: Any, h_start: np.ndarray, xp: Any) -> Callable[[Any, int], tuple[Any, Any]]:
-    """``own(q, b)`` of :func:`~tamis.engine.search.probing.probe_buckets`: the queries ``q`` (rows
-    of this partition, at ``place`` in its bucket order) that sit in bucket ``b``, and where."""
-    def own(q: Any, b: int) -> tuple[Any, Any]:
-        at = place[q]
-        mine = xp.flatnonzero((at >= int(h_start[b])) & (at < int(h_start[b + 1])))
-        return mine, at[mine] - int(h_start[b])
-    return own
 
 
 # ---------------------------------------------------------------------------- client side
