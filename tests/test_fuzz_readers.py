@@ -26,7 +26,7 @@ def _columns() -> dict:
 def _valid(fmt: str) -> bytes:
     cols = _columns()
     buf = io.BytesIO()
-    if fmt == "npz":
+    if fmt in ("npz", "npz-mapped"):
         np.savez(buf, **cols)
     elif fmt == "npz-compressed":
         np.savez_compressed(buf, **cols)
@@ -42,7 +42,8 @@ def _valid(fmt: str) -> bytes:
     return buf.getvalue()
 
 
-FORMATS = {"npz": ".npz", "npz-compressed": ".npz", "npy": ".npy", "parquet": ".parquet", "feather": ".feather"}
+# npz-mapped: the same stored archive, its members read through a map of the file (see below)
+FORMATS = {"npz": ".npz", "npz-mapped": ".npz", "npz-compressed": ".npz", "npy": ".npy", "parquet": ".parquet", "feather": ".feather"}
 VALID = {fmt: _valid(fmt) for fmt in FORMATS}
 
 
@@ -77,14 +78,18 @@ def _read_or_refuse(path) -> None:
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_mutated_files_are_read_or_refused_by_name(fmt, tmp_path_factory):
+def test_mutated_files_are_read_or_refused_by_name(fmt, tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp(fmt)
+    if fmt == "npz-mapped":   # members of any size are mapped, not only those of a megabyte or more
+        from tamis.io.readers import npz
+        monkeypatch.setattr(npz, "MAP_AT_LEAST", 0)
+    count = iter(range(1 << 30))
 
     @settings(max_examples=150, deadline=5000, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(mutated(fmt))
     def run(data: bytes) -> None:
-        path = folder / f"store{FORMATS[fmt]}"
+        path = folder / f"store{next(count)}{FORMATS[fmt]}"     # a new file: a map may still hold the last
         path.write_bytes(data)
         _read_or_refuse(path)
 

@@ -36,6 +36,34 @@ def test_npz(tmp_path, small_columns):
     _same(load_store(path), small_columns)
 
 
+def test_npz_stored_members_are_mapped_read_only(tmp_path, small_columns, monkeypatch):
+    """An uncompressed .npz member is read through a map of the file (no copy), read-only, with
+    the values a plain read gives; its CRC is still checked, so a damaged member is reported."""
+    from tamis.io.readers import npz
+    monkeypatch.setattr(npz, "MAP_AT_LEAST", 0)          # the small store's members too
+    path = tmp_path / "s.npz"
+    cols = dict(small_columns, pred_probs=np.full((60, 3), 1 / 3, dtype=np.float32))
+    np.savez(path, **cols)
+    before = path.read_bytes()
+    store = load_store(path)
+    _same(store, small_columns)
+    emb = np.asarray(store.embeddings)
+    assert not emb.flags.writeable and not emb.flags.owndata       # a view of the map, not a copy
+    with pytest.raises(ValueError):
+        emb[0, 0] = 1.0                                            # the file cannot be written through it
+    np.testing.assert_array_equal(store.pred_probs, cols["pred_probs"])
+    report = tamis.scan(path, projection="none", checks=["invalid", "near_duplicate", "label_error"])
+    assert report.summary["store"]["n_rows"] == 60
+    assert path.read_bytes() == before
+    # one flipped byte inside the embeddings' data: the map's CRC check fails and the read reports it
+    data = bytearray(before)
+    at = data.index(cols["embeddings"].tobytes()[:16]) + 8
+    data[at] ^= 0xFF
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    with pytest.raises(tamis.InputError, match="damaged"):
+        load_store(tmp_path / "bad.npz")
+
+
 def test_npz_with_pred_probs_only(tmp_path):
     probs = np.full((5, 3), 1 / 3, dtype=np.float32)
     np.savez(tmp_path / "p.npz", labels=np.array([0, 1, 2, 0, 1]), pred_probs=probs)

@@ -196,11 +196,26 @@ def convert_columns(cols: dict[str, Any], chosen: dict[str, str], src: str) -> d
     return values
 
 
+def _checked(value: Any, col: str, src: str) -> Any:
+    """``value`` (an Arrow array or chunked array) after a full validation: a damaged file can hold
+    offsets out of range or bytes that are no UTF-8."""
+    try:
+        value.validate(full=True)
+    except (pa.ArrowInvalid, pa.ArrowException) as exc:
+        raise InputError(f"{src}: column {col!r} is damaged ({' '.join(str(exc).split())}); write the store "
+                         "again") from exc
+    return value
+
+
 def _as_vector(value: Any, col: str, src: str, numeric: bool = False) -> pa.Array:
     """One descriptive column (labels, paths, split, ids; quality when ``numeric``) as a pyarrow array."""
+    # what a file gave is checked (a chunked column before its chunks are joined, which reads their
+    # offsets); what pyarrow built from memory here is sound
     if isinstance(value, pa.ChunkedArray):
-        value = value.combine_chunks()
-    if not isinstance(value, pa.Array):
+        value = _checked(value, col, src).combine_chunks()
+    elif isinstance(value, pa.Array):
+        value = _checked(value, col, src)
+    else:
         if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
             value = value.get()
         arr = np.asarray(value)
@@ -213,11 +228,6 @@ def _as_vector(value: Any, col: str, src: str, numeric: bool = False) -> pa.Arra
                 raise InputError(f"{src}: column {col!r} mixes value types ({exc}); use one type") from exc
         else:
             value = pa.array(arr)
-    try:   # a damaged file can hold offsets out of range or bytes that are no UTF-8
-        value.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowException) as exc:
-        raise InputError(f"{src}: column {col!r} is damaged ({' '.join(str(exc).split())}); write the store "
-                         "again") from exc
     if pa.types.is_dictionary(value.type):
         value = value.dictionary_decode()
     if numeric:
