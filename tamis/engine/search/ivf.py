@@ -298,9 +298,13 @@ class IvfEngine(SearchEngine):
             idx, sims, collected = exact_neighbours(X, k, opt)
             return idx, sims, {"engine": "exact", "asked": self.name, "exact": True, "recall": 1.0,
                                "ivf_recall": recall, "rows_rechecked": collected}
-        all_rows = xp.arange(n, dtype=xp.int64)
-        idx, sims, _ = refine_neighbours(scan.candidates()[:, :c], k, score(all_rows), xp,
-                                         score_rows=rows_score(all_rows))
+        # in bucket order: consecutive rows share most candidates, which stay in the caches
+        order = scan.perm
+        got_idx, got_sims, _ = refine_neighbours(scan.candidates(order)[:, :c], k, score(order), xp,
+                                                 score_rows=rows_score(order))
+        idx, sims = np.empty_like(got_idx), np.empty_like(got_sims)
+        where = to_host(order)
+        idx[where], sims[where] = got_idx, got_sims
         short = np.flatnonzero((idx < 0).any(axis=1))
         if short.size:
             idx[short], sims[short], _ = exact_neighbours(X, k, opt, rows=short)
