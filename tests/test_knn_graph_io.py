@@ -11,7 +11,7 @@ import pytest
 
 from tamis.engine.search import knn_graph
 from tamis.errors import InputError
-from tamis.io.knn_file import KNN_FILE, load_knn, save_knn, to_csr, to_umap_precomputed
+from tamis.io.knn_file import KNN_FILE, load_knn, load_knn_rows, save_knn, to_csr, to_umap_precomputed
 
 
 def exact_knn(X, k):
@@ -94,6 +94,29 @@ def test_save_load_round_trip(tmp_path, graph_with_duplicates):
         assert int(data["k"]) == 4 and str(data["metric"]) == "cosine"
     other = save_knn(tmp_path / "graph.npz", indices, sims)       # an explicit file name
     np.testing.assert_array_equal(load_knn(other)[0], indices)
+
+
+@pytest.mark.parametrize("gap", [False, True])
+def test_save_with_rows_round_trip(tmp_path, graph_with_duplicates, gap):
+    """``rows``: the graph's indices are input rows on disk and positions once loaded, whether the
+    rows are every input row (0 .. n - 1) or skip some (invalid rows); a neighbour outside
+    ``rows`` is refused either way."""
+    X, (indices, sims) = graph_with_duplicates
+    rows = np.arange(60) + (np.arange(60) >= 30) * 5 if gap else np.arange(60)     # gap: input rows 30-34 missing
+    path = save_knn(tmp_path, rows[indices], sims, rows=rows)
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["indices"], rows[indices])
+    got_rows, got_input, _ = load_knn_rows(tmp_path)
+    np.testing.assert_array_equal(got_rows, rows)
+    np.testing.assert_array_equal(got_input, rows[indices])
+    np.testing.assert_array_equal(load_knn(tmp_path)[0], indices)
+    bad = rows[indices].copy()
+    bad[3, 1] = 32 if gap else 60                                          # no graph row has that input row
+    with pytest.raises(InputError, match=r"no graph row \(e.g. (32|60)\)"):
+        save_knn(tmp_path, bad, sims, rows=rows)
+    bad[3, 1] = -1
+    with pytest.raises(InputError, match=r"no graph row \(e.g. -1\)"):
+        save_knn(tmp_path, bad, sims, rows=rows)
 
 
 def test_save_into_missing_directory(tmp_path, graph_with_duplicates):

@@ -124,8 +124,11 @@ def _positions(indices: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
     """Input-row numbers in ``indices`` as positions in ``rows`` (ascending input rows)."""
     if rows.ndim != 1 or (len(rows) > 1 and (np.diff(rows) <= 0).any()):
         raise InputError("rows must be ascending input-row numbers, one per graph row")
-    pos = np.searchsorted(rows, indices)
-    inside = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == indices)
+    if len(rows) and rows[0] == 0 and rows[-1] == len(rows) - 1:   # ascending: every row 0 .. n - 1 (no search)
+        pos, inside = indices, (indices >= 0) & (indices < len(rows))
+    else:
+        pos = np.searchsorted(rows, indices)
+        inside = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == indices)
     if not inside.all():
         raise InputError(f"{what} name input rows that have no graph row (e.g. "
                          f"{int(indices[~inside][0])}); every neighbour must be one of `rows`")
