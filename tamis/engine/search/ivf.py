@@ -160,13 +160,22 @@ class _Scan:
         tick = (lambda: opt.progress(0)) if opt.progress is not None else None
         place = xp.empty_like(self.perm)
         place[self.perm] = xp.arange(self.perm.shape[0])           # each row's list index
-        best_sim, best_idx, found = probe_buckets(self.X, ranks, self.offsets, self.rows_of, self.best, self.c,
-                                                  xp, self.memory, self.dtype, self_entries(place, self.offsets, xp),
-                                                  tick, pair_cutoff, budget)
-        self.best, self.hi, self.ranks = (best_sim, best_idx), hi, None
-        if found is None:
+        own = self_entries(place, self.offsets, xp)
+        # the home buckets first, alone: every row then has a bound (its c-th best at home) before
+        # the other buckets' tiles are made, so those keep few entries and rarely need a partition
+        # (tiles come in bucket order, not row order: without it most rows met several tiles
+        # before their first bound)
+        cuts = [0, 1, ranks.shape[1]] if self.hi == 0 and ranks.shape[1] > 1 else [0, ranks.shape[1]]
+        found = []
+        for lo, up in zip(cuts, cuts[1:]):
+            best_sim, best_idx, got = probe_buckets(self.X, ranks[:, lo:up], self.offsets, self.rows_of, self.best,
+                                                    self.c, xp, self.memory, self.dtype, own, tick, pair_cutoff, budget)
+            self.best = (best_sim, best_idx)
+            found.append(got)
+        self.hi, self.ranks = hi, None
+        if pair_cutoff is None:
             return None
-        q, pos = found
+        q, pos = (xp.concatenate(parts) for parts in zip(*found))
         return q, self.perm[pos]
 
     def candidates(self, rows: Any = None) -> Any:
