@@ -41,6 +41,7 @@ from .backend import Backend
 from .executors import Executor
 from .executors.local import LocalExecutor
 from .progress import Progress
+from .search.tiles import parallel_map, plan_for
 
 log = logging.getLogger("tamis")
 
@@ -154,22 +155,30 @@ class RunContext:
         xp, n, d = self.xp, emb.shape[0], emb.shape[1]
         block = max(1, NORMALISE_BLOCK_BYTES // (8 * max(d, 1)))
         m, r = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+        plan = plan_for(xp)   # both passes in row blocks on the CPU's threads (the output's page faults too)
+
+        def scales(start: int) -> int:
+            part = emb[start:start + block]
+            pm, pr = row_scales(part, xp)
+            m[start:start + block], r[start:start + block] = self.backend.to_host(pm), self.backend.to_host(pr)
+            return len(part)
+
+        def normalise(start: int) -> int:
+            take = rows[start:start + block]
+            part = emb[start:start + len(take)] if contiguous else emb[take]
+            out[start:start + len(take)] = scaled_rows(part, m[start:start + block], r[start:start + block], xp)
+            return len(take)
+
         with self.progress.task("check embeddings", total=2 * n) as advance:
-            for start in range(0, n, block):  # pass 1: the scale of every row, in float64
-                part = emb[start:start + block]
-                pm, pr = row_scales(part, xp)
-                m[start:start + block], r[start:start + block] = self.backend.to_host(pm), self.backend.to_host(pr)
-                advance(len(part))
+            for done in parallel_map(scales, list(range(0, n, block)), plan):  # pass 1: every row's scale, float64
+                advance(done)
             valid = usable(m, r, np)
             rows = np.flatnonzero(valid)
             out = self.executor.allocate((len(rows), d), self.config.precision, xp)
             m, r = m[rows], r[rows]
             contiguous = len(rows) == n
-            for start in range(0, len(rows), block):  # pass 2: normalised valid rows, in order
-                take = rows[start:start + block]
-                part = emb[start:start + len(take)] if contiguous else emb[take]
-                out[start:start + len(take)] = scaled_rows(part, m[start:start + block], r[start:start + block], xp)
-                advance(len(take))
+            for done in parallel_map(normalise, list(range(0, len(rows), block)), plan):  # pass 2: valid rows
+                advance(done)
             advance(n - len(rows))
         if not valid.all():
             log.info("%d of %d rows have unusable embeddings (NaN, inf or all zeros)", n - len(rows), n)
