@@ -337,3 +337,30 @@ def test_combine_and_strongest_other_in_blocks_equal_the_whole_computation(monke
     masked = a.astype(np.float64).copy()
     masked[np.arange(500), y] = -np.inf
     assert np.array_equal(confident.strongest_other(a, y), other) and np.array_equal(other, masked.max(axis=1))
+
+
+def test_class_centroids_are_row_order_sums_whatever_the_slices(monkeypatch):
+    """Each class's centroid is the normalised sum of its unit rows, every row once, however the sum
+    is cut into slices (float64 sums of these float32 rows are exact, so the bits agree with the
+    row-by-row definition); a class with no row is zero."""
+    from tamis.checks.shared import centroids
+    from tamis.engine import context
+    from tamis.engine.backend import resolve_backend
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(300, 24)).astype(np.float32)
+    labels = rng.integers(0, 5, 300)
+    labels[labels == 3] = 4                                       # class 3: named by pred_probs, no row
+    store = tamis.load_store({"embeddings": emb, "labels": labels,
+                              "pred_probs": np.full((300, 5), 0.2, dtype=np.float32)})
+    unit = context.RunContext(store, resolve_backend("cpu")).embeddings
+    expected = np.zeros((5, 24))
+    for row, code in zip(unit.astype(np.float64), labels):      # the definition: row after row
+        expected[code] += row
+    norms = np.linalg.norm(expected, axis=1)
+    expected /= np.where(norms > 0, norms, 1.0)[:, None]
+    for rows in (1024, 7, 1):
+        monkeypatch.setattr(centroids, "SUM_ROWS", rows)
+        got = centroids.class_centroids(context.RunContext(store, resolve_backend("cpu")))
+        np.testing.assert_array_equal(got, expected)
+    assert not got[3].any()
+
