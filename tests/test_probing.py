@@ -87,6 +87,30 @@ def test_probe_buckets_equals_brute_force(monkeypatch, extra, c):
     assert set(zip(pairs[0].tolist(), pairs[1].tolist())) == want
 
 
+def test_probe_buckets_home_bucket_alone_is_one_symmetric_product():
+    """Probing only each row's own bucket (the ivf scan's first step): the queries of a tile are
+    the bucket's rows, in order, and its product is taken with one operand (``R @ R.T``); the
+    lists and pairs are the brute-force ones."""
+    X = integer_rows(200, 6, seed=5, distinct=35)
+    bucket_of = np.sort(np.random.default_rng(6).integers(0, 7, len(X)))
+    offsets = layout(bucket_of)
+    probes = bucket_of[:, None]
+
+    def own(q, b):
+        inside = (q >= offsets[b]) & (q < offsets[b + 1])
+        return np.flatnonzero(inside), q[inside] - offsets[b]
+
+    got_s, got_i, pairs = probing.probe_buckets(X, probes, offsets, lambda b: X[offsets[b]:offsets[b + 1]],
+                                                empty_topk(len(X), 4), 4, np, 1 << 20, "float32", own,
+                                                pair_cutoff=0.25)
+    want_s, want_i = reference_lists(X, probes, bucket_of, 4)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_s, want_s)
+    S = X @ X.T
+    want = {(q, j) for q in range(len(X)) for j in np.flatnonzero(bucket_of == bucket_of[q]) if j != q and S[q, j] >= 0.25}
+    assert set(zip(pairs[0].tolist(), pairs[1].tolist())) == want
+
+
 def test_probe_buckets_goes_on_from_running_lists():
     """A second round (other buckets) merged into the first round's lists equals one round
     over both sets of buckets."""

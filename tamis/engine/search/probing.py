@@ -3,9 +3,10 @@
 The neighbour search of the ``ivf`` engine (whose tiles also give the pair search's pairs when
 a graph follows), of ``--against`` and of the Dask bucketed graph compares every query row
 with the rows of the buckets it probes. :func:`probe_buckets` groups that
-work by bucket: one product ``queries of b x rows of b`` per bucket, on the CPU's threads
-(single-threaded BLAS each) or the GPU's stream, and keeps, per query, only the tile entries
-that can still enter its list:
+work by bucket: one product ``queries of b x rows of b`` per bucket (``R R^T`` with one operand,
+which BLAS computes as a symmetric product in ~0.65x the time, when the queries are the bucket's
+own rows: the ivf scan's home step), on the CPU's threads (single-threaded BLAS each) or the
+GPU's stream, and keeps, per query, only the tile entries that can still enter its list:
 
 * the lower bound of a query is its running ``c``-th best similarity (``-inf`` while the
   list is not full), read when the tile is made (it only ever rises, so a stale value
@@ -89,9 +90,13 @@ def probe_buckets(Q: Any, probes: Any, offsets: np.ndarray, bucket_rows: Callabl
         out, pairs = [], []
         for a, z in spans(int(q_all.shape[0]), max(1, memory // (6 * h * workers))):
             q = q_all[a:z]
-            S = (Q[q].astype(dtype, copy=False) @ R.T).astype(xp.float32, copy=False)
-            if own is not None:
-                r, col = own(q, b)
+            r, col = own(q, b) if own is not None else (None, None)
+            if r is not None and r.shape[0] == q.shape[0] == h and bool((col == xp.arange(h)).all()):
+                S = R @ R.T      # the queries are the bucket's rows, in order: one operand, a symmetric product
+            else:
+                S = Q[q].astype(dtype, copy=False) @ R.T
+            S = S.astype(xp.float32, copy=False)
+            if r is not None:
                 S[r, col] = -np.inf
             if pair_cutoff is not None:
                 r, col, _ = compact_pairs(S, 0, int(offsets[b]), pair_cutoff, False, xp)
