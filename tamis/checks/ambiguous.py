@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import Interval, Options
+from ..engine.search.tiles import run_blocks
 from .base import Check, CheckResult, plain
 from .shared.confident import EMBEDDING_EVIDENCE, class_probabilities
 from .views import Field, Samples
@@ -86,9 +87,12 @@ def _top_two(P: np.ndarray, block_cells: int = 1 << 18) -> np.ndarray:
     m, n_classes = P.shape
     top = np.empty((m, 2), dtype=np.int64)
     step = max(1, block_cells // max(n_classes, 1))
-    for start in range(0, m, step):
+
+    def one(start: int) -> None:
         part = np.array(P[start:start + step], dtype=np.float64)
         first = part.argmax(axis=1)
         part[np.arange(len(part)), first] = -np.inf
         top[start:start + step, 0], top[start:start + step, 1] = first, part.argmax(axis=1)
+
+    run_blocks(one, m, step)
     return top

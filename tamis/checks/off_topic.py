@@ -50,6 +50,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..config import Interval
 from ..engine.artifacts import neighbour_codes, neighbours, resolve_k
+from ..engine.search.tiles import run_blocks
 from ..errors import InputError
 from .base import Check, CheckResult, plain
 from .shared.centroids import class_centroids
@@ -129,9 +130,12 @@ class OffTopic(Check):
         centroids = class_centroids(ctx).astype(xp.float32)
         far = np.empty(m)
         block = max(1, _BLOCK_CELLS // max(1, n_classes))
-        for start in range(0, m, block):
+
+        def one(start: int) -> None:
             far[start:start + block] = ctx.backend.to_host((emb[start:start + block].astype(xp.float32)
                                                             @ centroids.T).max(axis=1))
+
+        run_blocks(one, m, block, xp)
         k = resolve_k(ctx, self.k)
         idx, sims = neighbours(ctx, k)
         density = sims.astype(np.float64).mean(axis=1)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import Interval
 from ..engine.artifacts import neighbours, resolve_k
+from ..engine.search.tiles import run_blocks
 from .base import Check, CheckResult
 from .shared.centroids import class_centroids
 
@@ -68,9 +69,12 @@ def _class_similarity(ctx) -> np.ndarray:
     centroids = class_centroids(ctx)
     block = max(256, (1 << 20) // max(int(centroids.shape[0]), emb.shape[1]))   # ~8 MiB float64 blocks
     out = np.empty(emb.shape[0], dtype=np.float64)
-    for start in range(0, emb.shape[0], block):
+
+    def one(start: int) -> None:
         part = emb[start:start + block].astype(xp.float64)
         out[start:start + block] = ctx.backend.to_host((part * centroids[codes_dev[start:start + block]]).sum(axis=1))
+
+    run_blocks(one, emb.shape[0], block, xp)
     return out
 
 

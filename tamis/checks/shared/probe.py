@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ...engine.backend import to_host
+from ...engine.search.tiles import run_blocks
 
 #: rows per block of the statistics and scoring passes
 BLOCK_ROWS = 16_384
@@ -75,7 +76,8 @@ def probe_probabilities(X: Any, y: np.ndarray, n_classes: int, *, folds: int = 5
     models = [_fit(scatter.sum(0) - scatter[f], sums.sum(0) - sums[f], counts.sum(0) - counts[f], shrinkage)
               for f in range(folds)]
     out = np.empty((m, n_classes), dtype=np.float32)
-    for start in range(0, m, BLOCK_ROWS):
+
+    def score(start: int) -> None:          # the row blocks on the CPU's threads: disjoint rows of out
         block = xp.asarray(X[start:start + BLOCK_ROWS], dtype=xp.float32)
         f_block = fold[start:start + len(block)]
         for f in np.unique(f_block):
@@ -90,6 +92,8 @@ def probe_probabilities(X: Any, y: np.ndarray, n_classes: int, *, folds: int = 5
             p = np.exp(logits)
             p /= p.sum(axis=1, keepdims=True)
             out[start + sel] = np.rint(p / GRID) * GRID
+
+    run_blocks(score, m, BLOCK_ROWS, xp)
     return out
 
 

@@ -28,7 +28,7 @@ from ...errors import PairLimitError
 from ...kernels.pairs import compact_pairs
 from ...kernels.topk import empty_topk, merge_topk
 
-__all__ = ["Plan", "plan_for", "as_tile", "spans", "parallel_map", "pair_strip", "topk_tiles", "collect_above"]
+__all__ = ["Plan", "plan_for", "as_tile", "spans", "parallel_map", "run_blocks", "pair_strip", "topk_tiles", "collect_above"]
 
 
 def _cpu_count() -> int:
@@ -104,6 +104,14 @@ def parallel_map(fn: Callable[[Any], Any], items: list, plan: Plan) -> Iterator[
         finally:
             for future in running:
                 future.cancel()
+
+
+def run_blocks(fn: Callable[[int], Any], n: int, block: int, xp: ModuleType = np) -> None:
+    """``fn(start)`` for every row block ``start = 0, block, 2 block, ...`` below ``n``, on the
+    CPU's threads (one after another on a GPU): for block loops whose blocks write disjoint
+    parts of their output, so the result is the same however the blocks are run."""
+    for _ in parallel_map(fn, list(range(0, n, max(1, block))), plan_for(xp)):
+        pass
 
 
 def _blas_threads(n: int) -> Any:
