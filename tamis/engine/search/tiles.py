@@ -195,8 +195,12 @@ def topk_tiles(Q: Any, q_ids: Any, columns: Iterable[tuple[int, Any]], c: int, d
     are appended to ``pairs_out`` from the same tiles (a recall sample's true pairs and
     neighbours in one pass).
 
-    Time ``m n d`` (half with ``symmetric``); memory: one tile within ``memory_bytes`` (6
-    bytes an element: the float32 tile, its mask, the merge's scratch) plus the lists.
+    Without ``symmetric`` the query rows are cut into spans run on the CPU's threads (each
+    span owns its rows of the lists, so the lists do not depend on the cut).
+
+    Time ``m n d`` (half with ``symmetric``); memory: one tile per thread within
+    ``memory_bytes`` (6 bytes an element: the float32 tile, its mask, the merge's scratch) plus
+    the lists.
     """
     m = int(Q.shape[0])
     best_sim, best_idx = best if best is not None else empty_topk(m, c, xp)
@@ -217,23 +221,33 @@ def topk_tiles(Q: Any, q_ids: Any, columns: Iterable[tuple[int, Any]], c: int, d
                 if progress is not None:
                     progress()
         return best_sim, best_idx
-    rows = min(m, side or 4096)
+    plan = plan_for(xp)
+    # query spans on the threads (each owns its rows of the lists): a span per thread at least
+    rows = min(m, side or 4096, -(-m // plan.workers))
     for offset, block in columns:
         n = int(block.shape[0])
-        cols = max(64, min(memory_bytes // 6, cap) // rows)
-        for q0, q1 in spans(m, rows):
+        cols = max(64, min(memory_bytes // (6 * plan.workers), cap) // rows)
+
+        def span(q: tuple[int, int]) -> list:
+            q0, q1 = q
             Qq = as_tile(Q, q0, q1, dtype)
             ids = q_ids[q0:q1]
+            found = []
             for c0, c1 in spans(n, cols):
-                S = (Qq @ as_tile(block, c0, c1, dtype).T).astype(xp.float32, copy=True)
+                S = (Qq @ as_tile(block, c0, c1, dtype).T).astype(xp.float32, copy=False)
                 own = xp.flatnonzero((ids >= offset + c0) & (ids < offset + c1))
                 if own.shape[0]:
                     S[own, ids[own] - (offset + c0)] = -np.inf
                 if pair_cutoff is not None:
                     r, col, _ = compact_pairs(S, q0, offset + c0, pair_cutoff, False, xp)
-                    pairs_out.append((r, col))
+                    found.append((r, col))
                 best_sim[q0:q1], best_idx[q0:q1] = merge_topk(S, offset + c0, None, best_sim[q0:q1],
                                                               best_idx[q0:q1], c, xp)
+            return found
+
+        for found in parallel_map(span, spans(m, rows), plan):
+            if pairs_out is not None:
+                pairs_out.extend(found)
         if progress is not None:
             progress()
     return best_sim, best_idx
