@@ -41,6 +41,7 @@ import json
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -176,19 +177,24 @@ def replace_report(report: Report, out: Path, *, html: bool = True, plots: bool 
         if stale.name.startswith((STAGING_PREFIX, THUMBS_STAGING)) or \
                 (stale.name.startswith(".") and "-old-" in stale.name):
             _remove(stale)
-    with staged_folder(out, prefix=STAGING_PREFIX) as stage:
-        write_parquet(stage / "samples.parquet", _stamped(report.samples, report_id))
-        write_parquet(stage / "exclude.parquet", _stamped(report.exclusions, report_id))
-        write_text(stage / "exclude.txt", "".join(f"{line}\n" for line in report.exclude_list()))
-        write_parquet(stage / "keep.parquet", _stamped(pa.table({"row": report.samples["row"], "id": report.samples["id"],
-                                                                  "keep": pa.array(report.keep_mask())}), report_id))
+    with staged_folder(out, prefix=STAGING_PREFIX) as stage, ThreadPoolExecutor(1) as writer:
+        # the tables and the graph are written on a thread while the page is built here (Arrow and
+        # the file writes release the GIL); every write is waited for before anything moves
+        writes = [writer.submit(write_parquet, stage / "samples.parquet", _stamped(report.samples, report_id)),
+                  writer.submit(write_parquet, stage / "exclude.parquet", _stamped(report.exclusions, report_id)),
+                  writer.submit(write_text, stage / "exclude.txt",
+                                "".join(f"{line}\n" for line in report.exclude_list())),
+                  writer.submit(write_parquet, stage / "keep.parquet",
+                                _stamped(pa.table({"row": report.samples["row"], "id": report.samples["id"],
+                                                   "keep": pa.array(report.keep_mask())}), report_id))]
         names = []
         for name, table in report.tables.items():
-            write_parquet(stage / f"{name}.parquet", _stamped(table, report_id))
+            writes.append(writer.submit(write_parquet, stage / f"{name}.parquet", _stamped(table, report_id)))
             names.append(f"{name}.parquet")
         if report.knn is not None:
             rows, indices, sims = report.knn
-            save_knn(stage / KNN_FILE, indices, sims, rows=rows, extra={REPORT_ID: report_id})
+            writes.append(writer.submit(save_knn, stage / KNN_FILE, indices, sims, rows=rows,
+                                        extra={REPORT_ID: report_id}))
             names.append(KNN_FILE)
         if report.index is not None:   # IndexData from a scan, or the index folder of a report read back
             if isinstance(report.index, IndexData):
@@ -204,6 +210,8 @@ def replace_report(report: Report, out: Path, *, html: bool = True, plots: bool 
         if plots:
             extra += [p.name for p in write_plots(report, stage)]
         names += sorted(extra)
+        for done in writes:
+            done.result()                      # a failed write raises here, before the folder changes
         files = list(FIXED_FILES) + names
         write_json(stage / "summary.json", dict(report.summary, report_id=report_id, files=files))
         # the journal: what this run moves in, so a run killed half way is cleaned by the next one
