@@ -31,15 +31,16 @@ def spherical_kmeans(X: Any, k: int, iters: int, seed: int, plan: Plan, memory: 
     n = int(X.shape[0])
     rng = np.random.default_rng(seed)
     m = min(n, max(32 * k, 10_000))
-    sample = X[xp.asarray(np.sort(rng.choice(n, m, replace=False)))].astype(xp.float32)
+    sample = X[xp.asarray(np.sort(rng.choice(n, m, replace=False)))].astype(xp.float32, copy=False)
     centroids = sample[xp.asarray(np.sort(rng.choice(m, k, replace=False)))]
     block = plan.assign_block(k, memory)
     for _ in range(iters):
         labels, best = nearest_centroid(sample, centroids, block, plan, xp)
         order = xp.argsort(labels * m + xp.arange(m))       # unique keys: any sort agrees
-        grouped = sample[order]
         bounds = to_host(xp.searchsorted(labels[order], xp.arange(k + 1))).tolist()
-        sums = xp.stack([grouped[bounds[c]:bounds[c + 1]].sum(axis=0, dtype=xp.float64)
+        # each centroid's rows gathered on their own (a sorted copy of the whole sample, each
+        # iteration, page-faulted in: ~50 ms a copy at 16k x 512)
+        sums = xp.stack([sample[order[bounds[c]:bounds[c + 1]]].sum(axis=0, dtype=xp.float64)
                          for c in range(k)])
         norms = xp.sqrt((sums * sums).sum(axis=1))
         empty = xp.flatnonzero(norms < 1e-12)
@@ -123,7 +124,7 @@ def probe_order(X: Any, centroids: Any, lo: int, hi: int, xp: ModuleType, memory
     (descending, ties to the lower centroid), in blocks of ``memory_bytes``."""
     n, k = int(X.shape[0]), int(centroids.shape[0])
     plan = plan_for(xp)
-    block = max(1, memory_bytes // (16 * k * max(1, plan.workers)))
+    block = plan.assign_block(k, memory_bytes)      # cache-sized on a CPU: blocks of fresh memory page-fault in
 
     def ranked(span: tuple[int, int]) -> Any:
         r0, r1 = span
