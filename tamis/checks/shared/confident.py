@@ -244,7 +244,7 @@ def class_probabilities(ctx, owner: str, source: str = "auto", k: int | None = N
             if model.shape[1] != n_classes:
                 raise InputError(f"{store.source}: pred_probs has {model.shape[1]} columns but the labels hold "
                                  f"{n_classes} classes; give one column per class, in sorted label order")
-            probs.append(model[ctx.valid_rows])
+            probs.append(model if len(ctx.valid_rows) == len(model) else model[ctx.valid_rows])   # no copy when all are
             used.append("pred_probs")
         if not probs:
             raise InputError(f"{store.source}: {owner} with source={source!r} needs {source}, and the store has "
