@@ -132,7 +132,7 @@ class OffTopic(Check):
         block = max(1, _BLOCK_CELLS // max(1, n_classes))
 
         def one(start: int) -> None:
-            far[start:start + block] = ctx.backend.to_host((emb[start:start + block].astype(xp.float32)
+            far[start:start + block] = ctx.backend.to_host((emb[start:start + block].astype(xp.float32, copy=False)
                                                             @ centroids.T).max(axis=1))
 
         run_blocks(one, m, block, xp)
@@ -203,7 +203,7 @@ class OffTopic(Check):
         block = max(1, _BLOCK_CELLS // max(1, r.shape[0]))
         own_mask = xp.asarray(ref_labels)
         for start in range(0, emb.shape[0], block):
-            sims = emb[start:start + block].astype(xp.float32) @ r.T
+            sims = emb[start:start + block].astype(xp.float32, copy=False) @ r.T
             mine = own_mask[None, :] == xp.asarray(codes[start:start + block])[:, None]
             best = xp.where(mine, sims, -xp.inf).max(axis=1)
             best_own[start:start + block] = ctx.backend.to_host(best)

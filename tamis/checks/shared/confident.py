@@ -66,10 +66,18 @@ def per_class_thresholds(P: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def confident_joint(P: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """(C, C) counts: J[y, j] = rows labelled y whose best class above threshold is j."""
-    n_classes = P.shape[1]
-    above = P >= (thresholds[None, :] - _TIE_TOLERANCE).astype(P.dtype)
-    confident = above.any(axis=1)
-    best = np.argmax(np.where(above, P, -np.inf), axis=1)
+    m, n_classes = P.shape
+    cut = (thresholds - _TIE_TOLERANCE).astype(P.dtype)
+    confident, best = np.empty(m, dtype=bool), np.empty(m, dtype=np.int64)
+    block = max(1, _VOTE_BLOCK_CELLS // max(n_classes, 1))
+
+    def one(start: int) -> None:            # row blocks: no (M, C) temporaries
+        part = P[start:start + block]
+        above = part >= cut[None, :]
+        confident[start:start + block] = above.any(axis=1)
+        best[start:start + block] = np.argmax(np.where(above, part, -np.inf), axis=1)
+
+    run_blocks(one, m, block)
     joint = np.bincount(y[confident] * n_classes + best[confident], minlength=n_classes * n_classes)
     return joint.reshape(n_classes, n_classes).astype(np.float64)
 

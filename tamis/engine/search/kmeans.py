@@ -56,7 +56,7 @@ def nearest_centroid(Y: Any, centroids: Any, block: int, plan: Plan,
                      xp: ModuleType) -> tuple[Any, Any]:
     """Index (lowest among ties) and similarity of the nearest centroid of every row."""
     def nearest(span: tuple[int, int]) -> tuple[Any, Any]:
-        sims = Y[span[0]:span[1]].astype(xp.float32) @ centroids.T
+        sims = Y[span[0]:span[1]].astype(xp.float32, copy=False) @ centroids.T
         label = sims.argmax(axis=1)
         return label, sims[xp.arange(sims.shape[0]), label]
 
@@ -87,7 +87,7 @@ def bucket_members(X: Any, centroids: Any, probes: int, slack: float, plan: Plan
     slop = 2.0 * tile_margin(int(X.shape[1]), "float32")
 
     def assign(span: tuple[int, int]) -> tuple[Any, Any, Any]:
-        sims = X[span[0]:span[1]].astype(xp.float32) @ centroids.T
+        sims = X[span[0]:span[1]].astype(xp.float32, copy=False) @ centroids.T
         home = sims.argmax(axis=1)
         best = sims[xp.arange(sims.shape[0]), home]
         # |c_h - c_c| <= 2, so only buckets within 2 * slack (+ the slop) of the best can pass
@@ -128,7 +128,7 @@ def probe_order(X: Any, centroids: Any, lo: int, hi: int, xp: ModuleType, memory
 
     def ranked(span: tuple[int, int]) -> Any:
         r0, r1 = span
-        sims = X[r0:r1].astype(xp.float32) @ centroids.T
+        sims = X[r0:r1].astype(xp.float32, copy=False) @ centroids.T
         if hi < k:
             # the hi-th largest value of each row (a value partition: ~10x an argpartition), the
             # centroids at or above it in id order; a row with ties at that value (more than hi

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -115,11 +116,19 @@ def run_blocks(fn: Callable[[int], Any], n: int, block: int, xp: ModuleType = np
 
 
 def _blas_threads(n: int) -> Any:
+    controller = _blas_controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=n, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (``threadpool_limits`` looks
+    for them again at every call: ~0.4-3 ms, and parallel_map runs hundreds of times a scan)."""
     try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:                                # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n, user_api="blas")
+        from threadpoolctl import ThreadpoolController  # installed with scikit-learn
+    except ImportError:                                   # pragma: no cover
+        return None
+    return ThreadpoolController()
 
 
 # ------------------------------------------------------------------------------ pairs
