@@ -142,12 +142,10 @@ def _mapped(path: Any, archive: zipfile.ZipFile, entry: str) -> np.ndarray | Non
     if start + info.file_size > len(view) or zlib.crc32(memoryview(view)[start:start + info.file_size]) != info.CRC:
         return None                              # damaged: the usual read reports it
     head = io.BytesIO(view[start:start + min(info.file_size, 1 << 16)])
-    try:
-        version = np.lib.format.read_magic(head)
-        shape, fortran, dtype = (np.lib.format.read_array_header_1_0(head) if version == (1, 0)
-                                 else np.lib.format.read_array_header_2_0(head))
-    except ValueError:
+    header = _read_header(head)
+    if header is None:
         return None
+    shape, fortran, dtype = header
     count = math.prod(shape)
     if fortran or dtype.hasobject or head.tell() + count * dtype.itemsize != info.file_size:
         return None
@@ -164,13 +162,21 @@ def _header(archive: Any, entry: str) -> tuple[tuple[int, ...], np.dtype] | None
     """``(shape, dtype)`` from the .npy header (format 1.0 or 2.0) of zip member ``entry``, or None."""
     try:
         with archive.open(entry) as member:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                return shape, dtype
-            if version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                return shape, dtype
+            header = _read_header(member)
     except Exception:  # noqa: BLE001 - a damaged member: loading it gives the message
+        return None
+    return None if header is None else (header[0], header[2])
+
+
+def _read_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """``(shape, fortran order, dtype)`` of the .npy header (format 1.0 or 2.0) at the start of
+    ``stream`` (left just past it), or None for another format or a header that does not parse."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(stream)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(stream)
+    except ValueError:
         return None
     return None
