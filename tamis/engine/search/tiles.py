@@ -215,7 +215,8 @@ def topk_tiles(Q: Any, q_ids: Any, columns: Iterable[tuple[int, Any]], c: int, d
     best_sim, best_idx = best if best is not None else empty_topk(m, c, xp)
     if m == 0:
         return best_sim, best_idx
-    cap = plan_for(xp).max_tile_elements                 # cache-sized tiles on a CPU
+    plan = plan_for(xp)
+    cap = plan.max_tile_elements                         # cache-sized tiles on a CPU
     if symmetric:
         side = side or max(64, math.isqrt(min(memory_bytes // 6, cap)))
         for i0, i1 in spans(m, side):
@@ -230,7 +231,6 @@ def topk_tiles(Q: Any, q_ids: Any, columns: Iterable[tuple[int, Any]], c: int, d
                 if progress is not None:
                     progress()
         return best_sim, best_idx
-    plan = plan_for(xp)
     # query spans on the threads (each owns its rows of the lists): a span per thread at least
     rows = min(m, side or 4096, -(-m // plan.workers))
     for offset, block in columns:
